@@ -1,0 +1,156 @@
+"""glu_kernels: one fused gated linear unit for NumPy, JAX, PyTorch and TensorFlow.
+
+``glu(x, w, b)`` computes ``a * act(g)`` where ``[a | g] = x @ [W | V] + b``, with one matmul on the
+packed weight, a fused epilogue, and a custom gradient that keeps only the pre-activation. The
+framework is taken from the arrays' type; ``explain`` says what runs and why.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from glu_kernels import _dispatch, _validate
+from glu_kernels._dispatch import available_backends
+
+__all__ = [
+    "glu",
+    "swiglu",
+    "geglu",
+    "reglu",
+    "bilinear",
+    "explain",
+    "available_backends",
+    "ACTIVATIONS",
+]
+__version__ = "0.1.0"
+
+ACTIVATIONS: tuple[str, ...] = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")
+
+Array = TypeVar("Array")
+
+_check = lru_cache(maxsize=4096)(_validate.check)
+
+
+def _prepare(x: Any, w: Any, b: Any, activation: str, save: str):
+    backend = _dispatch.backend_of(x, w, b)
+    spec = _check(
+        backend.shape(x),
+        backend.shape(w),
+        None if b is None else backend.shape(b),
+        backend.dtype_name(x),
+        backend.dtype_name(w),
+        None if b is None else backend.dtype_name(b),
+        activation,
+        save,
+    )
+    return backend, spec
+
+
+def glu(
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    *,
+    activation: str = "sigmoid",
+    save: str = "activations",
+) -> Array:
+    """Gated linear unit: ``a * act(g)`` where ``[a | g] = x @ [W | V] + b``, with one matmul.
+
+    Runs in the framework of its arguments (NumPy, JAX, PyTorch or TensorFlow) and returns that
+    framework's array, differentiable with a custom gradient that recomputes ``act(g)`` from the saved
+    pre-activation instead of keeping the unfused formula's three intermediates.
+
+    Precision: 16-bit inputs (float16, bfloat16) are multiplied with float32 accumulation; the
+    pre-activation ``h`` is rounded once to the input dtype (it is the matmul's output, and what backward
+    keeps); the activation and the product are then computed in float32 and rounded once. The backward
+    elementwise pass is computed the same way. (Libraries that round ``act(g)`` to 16 bits before the
+    multiply give slightly different bits.)
+
+    Args:
+        x: inputs, shape (..., D), any number of leading dimensions (zero-size too).
+        w: packed weight, (D, 2U) as ``[W | V]`` (value half first, gate half second, the order of
+            ``torch.nn.functional.glu`` and ``jax.nn.glu``), or (D, 2, U): the same bytes, the form that
+            stays local when U is sharded.
+        b: bias, (2U,) or (2, U), or None.
+        activation: the gate's activation: "sigmoid" (GLU), "silu" or "swish" (SwiGLU), "gelu" (GeGLU,
+            exact erf), "gelu_tanh" (GeGLU, tanh approximation), "relu" (ReGLU), "linear" (bilinear).
+        save: what backward keeps: "activations" (x, w and h; no extra GEMM) or "input" (x, w and b
+            only; backward recomputes h with one more GEMM, and nothing of size (..., U) is kept).
+
+    Returns:
+        An array of shape (..., U) and x's dtype, of x's framework.
+
+    Raises:
+        ValueError: shapes that do not fit together, an unknown activation or save mode.
+        TypeError: non-float dtypes, mixed dtypes, mixed frameworks, unsupported array types.
+
+    Example:
+        >>> import numpy as np, glu_kernels as gk
+        >>> x, w = np.ones((4, 3), np.float32), np.zeros((3, 2 * 5), np.float32)
+        >>> gk.glu(x, w, activation="silu").shape
+        (4, 5)
+
+    NumPy equivalent::
+
+        h = x @ w.reshape(w.shape[0], -1) + b.reshape(-1)
+        a, g = np.split(h, 2, axis=-1)
+        out = a * act(g)
+    """
+    backend, spec = _prepare(x, w, b, activation, save)
+    return backend.glu(x, w, b, spec)
+
+
+def _variant(activation: str, variant: str):
+    def fn(x: Array, w: Array, b: Array | None = None, *, save: str = "activations") -> Array:
+        return glu(x, w, b, activation=activation, save=save)
+
+    fn.__name__ = fn.__qualname__ = variant.lower()
+    fn.__doc__ = (
+        f"{variant}: ``glu(x, w, b, activation={activation!r})``; see :func:`glu`.\n\n"
+        f"NumPy equivalent: ``a, g = np.split(x @ w + b, 2, axis=-1); out = a * {activation}(g)``\n"
+    )
+    return fn
+
+
+swiglu = _variant("silu", "SwiGLU")
+geglu = _variant("gelu", "GeGLU")
+reglu = _variant("relu", "ReGLU")
+bilinear = _variant("linear", "Bilinear")
+
+
+def explain(
+    x: Any, w: Any, b: Any = None, *, activation: str = "sigmoid", save: str = "activations"
+) -> str:
+    """Says which backend and implementation ``glu`` would run for these arguments, and why.
+
+    Validates exactly as ``glu`` does (so a bad call raises the same error) but computes nothing.
+
+    Example:
+        >>> import numpy as np, glu_kernels as gk
+        >>> print(gk.explain(np.ones((8, 4)), np.ones((4, 6))).splitlines()[0])
+        backend: numpy (x is numpy.ndarray)
+    """
+    backend, spec = _prepare(x, w, b, activation, save)
+    t = type(x)
+    precision = (
+        f"{spec.dtype} in and out; matmul accumulates in float32, h rounded once to {spec.dtype}, "
+        f"epilogue and backward elementwise pass in float32, rounded once"
+        if spec.compute_dtype != spec.dtype
+        else f"{spec.dtype} throughout"
+    )
+    saved = {
+        "activations": "x, w and the pre-activation h (..., 2U)",
+        "input": "x, w and b only; h is recomputed in backward (one more GEMM)",
+    }[spec.save]
+    return "\n".join(
+        [
+            f"backend: {backend.NAME} (x is {t.__module__}.{t.__qualname__})",
+            f"op: {spec.activation.variant}, out = a * {spec.activation.name}(g), "
+            f"D={spec.features}, U={spec.units}, weight {'(D, 2U)' if spec.weight_rank == 2 else '(D, 2, U)'}"
+            f", {'with' if spec.has_bias else 'no'} bias",
+            f"implementation: {backend.implementation(spec)}",
+            f"precision: {precision}",
+            f"saved for backward: {saved}",
+        ]
+    )

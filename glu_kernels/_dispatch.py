@@ -1,0 +1,68 @@
+"""Which backend runs a call: the framework of its tensors, found by type and cached per type.
+
+A tensor's framework is read off the top-level module of its class (or a base class), so finding it
+never imports a framework: if the caller holds a ``torch.Tensor``, torch is already imported. The backend
+module itself is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from functools import cache
+from types import ModuleType
+
+from glu_kernels import _validate
+
+# backend name -> (top-level modules whose array types it takes, the framework's import name,
+#                  how its arrays are named in messages)
+REGISTRY: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "numpy": (("numpy",), "numpy", "numpy.ndarray"),
+    "jax": (("jax", "jaxlib"), "jax", "jax.Array"),
+    "torch": (("torch",), "torch", "torch.Tensor"),
+    "tensorflow": (("tensorflow",), "tensorflow", "tf.Tensor / tf.Variable"),
+}
+
+_SUPPORTED = tuple(kind for _, _, kind in REGISTRY.values())
+
+
+@cache
+def backend_name_of_type(t: type) -> str | None:
+    """The registered backend whose framework defines ``t`` (or a base class of it), else None."""
+    for klass in t.__mro__:
+        top = klass.__module__.partition(".")[0]
+        for name, (modules, _, _) in REGISTRY.items():
+            if top in modules:
+                return name
+    return None
+
+
+@cache
+def backend(name: str) -> ModuleType:
+    """The backend module ``glu_kernels.backends.<name>``, imported on first use."""
+    return importlib.import_module(f"glu_kernels.backends.{name}")
+
+
+def backend_of(x: object, w: object, b: object | None) -> ModuleType:
+    """The backend module for one call; raises TypeError for unsupported or mixed array types."""
+    kinds: dict[str, tuple[str, type]] = {}
+    for arg, value in (("x", x), ("w", w), ("b", b)):
+        if value is None and arg == "b":
+            continue
+        name = backend_name_of_type(type(value))
+        if name is None:
+            raise _validate.unsupported_type(arg, value, _SUPPORTED)
+        kinds[arg] = (name, type(value))
+    names = {name for name, _ in kinds.values()}
+    if len(names) > 1:
+        raise _validate.mixed_frameworks(kinds)
+    return backend(names.pop())
+
+
+def available_backends() -> list[str]:
+    """The backends whose framework is installed (importable), without importing any of them."""
+    return [
+        name
+        for name, (_, module, _) in REGISTRY.items()
+        if importlib.util.find_spec(module) is not None
+    ]

@@ -1,0 +1,166 @@
+"""Every check on glu's arguments and every error message, in one place, for every backend.
+
+Backends report shapes as tuples (``None`` for a dimension unknown until run time, as in a
+``tf.function`` traced with an unknown batch size) and dtypes by name; nothing here imports a framework.
+Messages follow Keras' convention: say what was expected, then ``Received: ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from glu_kernels._activations import ACTIVATIONS, ALIASES, Activation
+
+Shape = tuple[int | None, ...]
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+HALF_DTYPES = ("float16", "bfloat16")
+SAVE_MODES = ("activations", "input")
+
+
+@dataclass(frozen=True)
+class GluSpec:
+    """What a validated call computes, as every backend needs it.
+
+    Attributes:
+        features: D, the last dimension of x.
+        units: U, the width of the output.
+        weight_rank: 2 for a (D, 2U) weight, 3 for (D, 2, U).
+        has_bias: whether a bias is added.
+        activation: the gate activation.
+        save: ``"activations"`` (keep h for backward) or ``"input"`` (recompute h).
+        dtype: the dtype of x, w, b and the output.
+        compute_dtype: the dtype of the elementwise epilogue: float32 for 16-bit inputs.
+    """
+
+    features: int
+    units: int
+    weight_rank: int
+    has_bias: bool
+    activation: Activation
+    save: str
+    dtype: str
+    compute_dtype: str
+
+
+def _shape(shape: Sequence[int | None]) -> str:
+    return str(tuple(shape))
+
+
+def activation_names() -> str:
+    names = [f"'{n}'" for n in ACTIVATIONS]
+    aliases = ", ".join(f"'{a}' (= '{c}')" for a, c in ALIASES.items())
+    return ", ".join(names) + (f"; aliases: {aliases}" if aliases else "")
+
+
+def resolve_activation(activation: str) -> Activation:
+    """Returns the table entry for an activation name or alias, or raises ValueError."""
+    if isinstance(activation, str):
+        key = ALIASES.get(activation.lower(), activation.lower())
+        if key in ACTIVATIONS:
+            return ACTIVATIONS[key]
+    raise ValueError(
+        f"Unknown activation. Expected one of {activation_names()}. "
+        f"Received: activation={activation!r}"
+    )
+
+
+def check(
+    x_shape: Shape,
+    w_shape: Shape,
+    b_shape: Shape | None,
+    x_dtype: str,
+    w_dtype: str,
+    b_dtype: str | None,
+    activation: str,
+    save: str,
+) -> GluSpec:
+    """Validates one glu call and returns its spec; raises ValueError or TypeError naming the inputs."""
+    act = resolve_activation(activation)
+    if save not in SAVE_MODES:
+        raise ValueError(
+            f"save must be one of {', '.join(map(repr, SAVE_MODES))}. Received: save={save!r}"
+        )
+    _check_dtypes(x_dtype, w_dtype, b_dtype)
+
+    received = f"Received: x.shape={_shape(x_shape)}, w.shape={_shape(w_shape)}"
+    if len(x_shape) < 1:
+        raise ValueError(f"x must have at least one dimension, shape (..., D). {received}")
+    if len(w_shape) == 2:
+        features, packed = w_shape
+        if packed is None or features is None:
+            raise ValueError(f"w must have a static shape (D, 2U) or (D, 2, U). {received}")
+        if packed % 2:
+            raise ValueError(
+                f"w's last dimension must be even: it packs [W | V], value and gate halves of "
+                f"width U each, shape (D, 2U). {received}"
+            )
+        units = packed // 2
+    elif len(w_shape) == 3:
+        features, two, units = w_shape
+        if features is None or two is None or units is None:
+            raise ValueError(f"w must have a static shape (D, 2U) or (D, 2, U). {received}")
+        if two != 2:
+            raise ValueError(
+                f"A 3-D w must have shape (D, 2, U): its middle axis indexes value (0) and gate (1). "
+                f"{received}"
+            )
+    else:
+        raise ValueError(f"w must have shape (D, 2U) or (D, 2, U). {received}")
+    if x_shape[-1] is not None and x_shape[-1] != features:
+        raise ValueError(
+            f"x's last dimension must equal w's first dimension (D, the input features). {received}"
+        )
+    if b_shape is not None and tuple(b_shape) not in ((2 * units,), (2, units)):
+        raise ValueError(
+            f"b must have shape (2U,) = ({2 * units},) or (2, U) = (2, {units}), or be None. "
+            f"{received}, b.shape={_shape(b_shape)}"
+        )
+    return GluSpec(
+        features=features,
+        units=units,
+        weight_rank=len(w_shape),
+        has_bias=b_shape is not None,
+        activation=act,
+        save=save,
+        dtype=x_dtype,
+        compute_dtype="float32" if x_dtype in HALF_DTYPES else x_dtype,
+    )
+
+
+def _check_dtypes(x_dtype: str, w_dtype: str, b_dtype: str | None) -> None:
+    received = f"Received: x.dtype={x_dtype}, w.dtype={w_dtype}" + (
+        f", b.dtype={b_dtype}" if b_dtype is not None else ""
+    )
+    for dtype in (x_dtype, w_dtype, b_dtype):
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"glu needs floating-point inputs ({', '.join(FLOAT_DTYPES)}). {received}"
+            )
+    if w_dtype != x_dtype or (b_dtype is not None and b_dtype != x_dtype):
+        raise TypeError(
+            f"x, w and b must share one dtype; cast them first (glu never casts silently). {received}"
+        )
+
+
+def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeError:
+    return TypeError(
+        f"glu takes arrays of one of these types: {', '.join(supported)}. "
+        f"Received: {arg} of type {_type_name(type(value))}"
+    )
+
+
+def mixed_frameworks(kinds: dict[str, tuple[str, type]]) -> TypeError:
+    detail = ", ".join(f"{arg} is {_type_name(t)} ({framework})" for arg, (framework, t) in kinds.items())
+    return TypeError(
+        f"x, w and b must all be arrays of one framework; convert them first. Received: {detail}"
+    )
+
+
+def backend_unavailable(name: str, reason: str) -> RuntimeError:
+    return RuntimeError(f"The {name} backend of glu_kernels cannot run here: {reason}")
+
+
+def _type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"

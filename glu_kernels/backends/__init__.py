@@ -1,0 +1,1 @@
+"""One module per framework, each with the same interface: NAME, shape, dtype_name, glu, implementation."""

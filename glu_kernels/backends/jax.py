@@ -1,0 +1,108 @@
+"""JAX backend: a jitted ``jax.custom_vjp`` that contracts x with the (D, 2, U) weight.
+
+The weight is used as (D, 2, U) (a (D, 2U) weight is reshaped, which is free), and contracted with
+``einsum`` over D only, so a weight sharded over U stays local to each device: the forward needs no
+collective. XLA fuses the epilogue and the backward elementwise pass into the GEMMs' neighbours.
+"""
+
+from __future__ import annotations
+
+from functools import cache, partial
+
+import jax
+import jax.numpy as jnp
+
+from glu_kernels._activations import ACTIVATIONS, epilogue_backward
+from glu_kernels._validate import GluSpec
+
+NAME = "jax"
+
+
+def shape(t: jax.Array) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def dtype_name(t: jax.Array) -> str:
+    return jnp.dtype(t.dtype).name
+
+
+class _Primitives:
+    sigmoid = staticmethod(jax.nn.sigmoid)
+    tanh = staticmethod(jnp.tanh)
+    erf = staticmethod(jax.scipy.special.erf)
+    exp = staticmethod(jnp.exp)
+    relu = staticmethod(jax.nn.relu)
+
+    @staticmethod
+    def positive(g: jax.Array) -> jax.Array:
+        return (g > 0).astype(g.dtype)
+
+
+PRIMITIVES = _Primitives()
+
+_FORWARD = {
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def _preactivation(x, w3, b3, compute_dtype):
+    """``h = x @ w3 + b3``, shape (..., 2, U): accumulated in compute_dtype, rounded once to x's dtype."""
+    h = jnp.einsum("...d,dku->...ku", x, w3, preferred_element_type=compute_dtype)
+    if b3 is not None:
+        h = h + b3.astype(compute_dtype)
+    return h.astype(x.dtype)
+
+
+@cache
+def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias: bool):
+    """The jitted custom-VJP glu for one (activation, save, dtype, bias or not)."""
+    act = ACTIVATIONS[activation]
+    forward = _FORWARD.get(activation) or partial(act.forward, p=PRIMITIVES)
+
+    def epilogue(h):
+        a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
+        return (a * forward(g)).astype(dtype)
+
+    @jax.custom_vjp
+    def glu3(x, w3, b3):
+        return epilogue(_preactivation(x, w3, b3, compute_dtype))
+
+    def glu3_fwd(x, w3, b3):
+        h = _preactivation(x, w3, b3, compute_dtype)
+        return epilogue(h), (x, w3, h if save == "activations" else b3)
+
+    def glu3_bwd(residuals, dy):
+        x, w3, saved = residuals
+        h = saved if save == "activations" else _preactivation(x, w3, saved, compute_dtype)
+        a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
+        da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, act, PRIMITIVES)
+        dh = jnp.stack([da, dg], axis=-2).astype(dtype)
+        dx = jnp.einsum("...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype)
+        dw = jnp.einsum("...d,...ku->dku", x, dh, preferred_element_type=compute_dtype)
+        db = dh.astype(compute_dtype).sum(axis=tuple(range(dh.ndim - 2))) if has_bias else None
+        return (
+            dx.astype(dtype),
+            dw.astype(dtype),
+            None if db is None else db.astype(dtype),
+        )
+
+    glu3.defvjp(glu3_fwd, glu3_bwd)
+    return jax.jit(glu3)
+
+
+def glu(x: jax.Array, w: jax.Array, b: jax.Array | None, spec: GluSpec) -> jax.Array:
+    w3 = w.reshape(spec.features, 2, spec.units)
+    b3 = None if b is None else b.reshape(2, spec.units)
+    fn = _glu_fn(spec.activation.name, spec.save, spec.dtype, spec.compute_dtype, spec.has_bias)
+    return fn(x, w3, b3)
+
+
+def implementation(spec: GluSpec) -> str:
+    return (
+        "jax.jit of a jax.custom_vjp: einsum '...d,dku->...ku' on the (D, 2, U) weight (no reshape "
+        "of the U axis, so U-sharded weights need no collective), epilogue and backward pass fused by XLA"
+    )

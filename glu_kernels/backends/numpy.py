@@ -1,0 +1,67 @@
+"""NumPy backend: forward only, in the input's precision (float32 math for 16-bit inputs).
+
+NumPy has no autodiff; for gradients in float64 use ``glu_kernels.reference.glu_reference_vjp``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from glu_kernels._activations import ACTIVATIONS
+from glu_kernels._validate import GluSpec
+
+NAME = "numpy"
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def shape(t: np.ndarray) -> tuple[int, ...]:
+    return tuple(np.shape(t))
+
+
+def dtype_name(t: np.ndarray) -> str:
+    return np.asarray(t).dtype.name
+
+
+class _Primitives:
+    @staticmethod
+    def sigmoid(g):
+        return 0.5 * (1.0 + np.tanh(0.5 * g))  # no overflow for large |g|, unlike 1 / (1 + exp(-g))
+
+    tanh = staticmethod(np.tanh)
+    exp = staticmethod(np.exp)
+
+    @staticmethod
+    def erf(g):
+        return _erf(g).astype(g.dtype)
+
+    @staticmethod
+    def relu(g):
+        return np.maximum(g, 0)
+
+    @staticmethod
+    def positive(g):
+        return (g > 0).astype(g.dtype)
+
+
+PRIMITIVES = _Primitives()
+
+
+def glu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: GluSpec) -> np.ndarray:
+    x, w = np.asarray(x), np.asarray(w)
+    compute = np.dtype(spec.compute_dtype)
+    d, u = spec.features, spec.units
+    h = x.reshape(-1, d).astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(compute, copy=False)
+    if b is not None:
+        h += np.asarray(b).reshape(2 * u).astype(compute, copy=False)
+    h = h.astype(x.dtype).astype(compute, copy=False)  # 16-bit: h rounded once, as the other backends
+    with np.errstate(over="ignore"):
+        out = h[:, :u] * ACTIVATIONS[spec.activation.name].forward(h[:, u:], PRIMITIVES)
+    return out.astype(x.dtype, copy=False).reshape(*x.shape[:-1], u)
+
+
+def implementation(spec: GluSpec) -> str:
+    precision = "float32 for 16-bit inputs" if spec.compute_dtype != spec.dtype else spec.dtype
+    return f"numpy.matmul on the packed (D, 2U) weight, epilogue in NumPy ({precision}); forward only"

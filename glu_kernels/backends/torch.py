@@ -1,0 +1,191 @@
+"""PyTorch backend: one ``addmm`` on the packed weight, ATen's fused activation kernels, and a custom op.
+
+Inference (no input requires grad) calls the kernel directly. Training goes through the custom op
+``glu_kernels::glu``, registered with ``torch.library`` (fake kernel for meta/fake tensors and
+``torch.compile``, autograd formula, vmap rule), whose backward recomputes ``act(g)`` from the saved
+pre-activation ``h`` (or from x and w, with ``save="input"``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from glu_kernels._activations import ACTIVATIONS, epilogue_backward
+from glu_kernels._validate import GluSpec
+
+NAME = "torch"
+
+_DTYPE_NAMES = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+}
+
+
+def shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def dtype_name(t: Tensor) -> str:
+    return _DTYPE_NAMES.get(t.dtype) or str(t.dtype).removeprefix("torch.")
+
+
+class _Primitives:
+    sigmoid = staticmethod(torch.sigmoid)
+    tanh = staticmethod(torch.tanh)
+    erf = staticmethod(torch.erf)
+    exp = staticmethod(torch.exp)
+    relu = staticmethod(torch.relu)
+
+    @staticmethod
+    def positive(g: Tensor) -> Tensor:
+        return (g > 0).to(g.dtype)
+
+
+PRIMITIVES = _Primitives()
+
+# ATen's fused kernels for f(g) and for the gate gradient grad * f'(g); both are differentiable, so
+# double backward works. Activations without an entry use the shared formula.
+_FORWARD = {
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda g: F.gelu(g, approximate="tanh"),
+    "relu": torch.relu,
+}
+_GATE_GRAD = {
+    "sigmoid": lambda grad, g, f: torch.ops.aten.sigmoid_backward(grad, f),
+    "silu": lambda grad, g, f: torch.ops.aten.silu_backward(grad, g),
+    "gelu": lambda grad, g, f: torch.ops.aten.gelu_backward(grad, g),
+    "gelu_tanh": lambda grad, g, f: torch.ops.aten.gelu_backward(grad, g, approximate="tanh"),
+    "relu": lambda grad, g, f: torch.ops.aten.threshold_backward(grad, g, 0),
+    "linear": lambda grad, g, f: grad,
+}
+
+
+def _is_half(t: Tensor) -> bool:
+    return t.dtype in (torch.float16, torch.bfloat16)
+
+
+def _preactivation(x2: Tensor, w2: Tensor, b: Tensor | None) -> Tensor:
+    return x2 @ w2 if b is None else torch.addmm(b, x2, w2)
+
+
+def _epilogue(h: Tensor, activation: str) -> Tensor:
+    """``a * f(g)`` for ``h = [a | g]``; 16-bit inputs are computed in float32 and rounded once."""
+    if activation == "sigmoid":
+        return F.glu(h, dim=-1)  # one fused pass; ATen computes 16-bit inputs in float32
+    a, g = h.chunk(2, dim=-1)
+    if _is_half(h):
+        out = _activate(g.float(), activation)
+        return out.mul_(a).to(h.dtype)
+    return _activate(g, activation).mul_(a) if activation != "linear" else a * g
+
+
+def _activate(g: Tensor, activation: str) -> Tensor:
+    forward = _FORWARD.get(activation)
+    if forward is not None:
+        return forward(g)
+    return ACTIVATIONS[activation].forward(g, PRIMITIVES)
+
+
+def _grad_preactivation(dy: Tensor, h: Tensor, activation: str) -> Tensor:
+    """``dh = [dy * f(g), dy * a * f'(g)]`` in h's dtype (float32 math for 16-bit inputs)."""
+    a, g = h.chunk(2, dim=-1)
+    if _is_half(h):
+        dy, a, g = dy.float(), a.float(), g.float()
+    gate_grad = _GATE_GRAD.get(activation)
+    if gate_grad is None:
+        da, dg = epilogue_backward(dy, a, g, ACTIVATIONS[activation], PRIMITIVES)
+    else:
+        f = _activate(g, activation) if activation != "linear" else g
+        da, dg = dy * f, gate_grad(dy * a, g, f)
+    return torch.cat([da, dg], dim=-1).to(h.dtype)
+
+
+@torch.library.custom_op("glu_kernels::glu", mutates_args=())
+def glu_op(
+    x: Tensor, w: Tensor, b: Tensor | None, activation: str, save: str
+) -> tuple[Tensor, Tensor]:
+    """``(out, h)`` for 2-D ``x`` (B, D), ``w`` (D, 2U), ``b`` (2U,) or None."""
+    h = _preactivation(x, w, b)
+    return _epilogue(h, activation), h
+
+
+@glu_op.register_fake
+def _glu_op_fake(x, w, b, activation, save):
+    return x.new_empty(x.shape[0], w.shape[1] // 2), x.new_empty(x.shape[0], w.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, b, activation, save = inputs
+    ctx.activation, ctx.save, ctx.has_bias = activation, save, b is not None
+    if save == "activations":
+        ctx.save_for_backward(x, w, output[1])
+    else:
+        ctx.save_for_backward(x, w, b)
+
+
+def _backward(ctx, dy: Tensor, dh_extra: Tensor | None):
+    x, w, saved = ctx.saved_tensors
+    h = saved if ctx.save == "activations" else _preactivation(x, w, saved)
+    dh = _grad_preactivation(dy, h, ctx.activation)
+    if dh_extra is not None:  # h is an output too: its cotangent arrives here under double backward
+        dh = dh + dh_extra
+    dx = dh @ w.mT if ctx.needs_input_grad[0] else None
+    dw = x.mT @ dh if ctx.needs_input_grad[1] else None
+    db = dh.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return dx, dw, db, None, None
+
+
+glu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@glu_op.register_vmap
+def _glu_op_vmap(info, in_dims, x, w, b, activation, save):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    size = info.batch_size
+    if w_dim is None and b_dim is None:
+        xs = x.movedim(x_dim, 0)
+        out, h = glu_op(xs.reshape(-1, xs.shape[-1]), w, b, activation, save)
+        return (out.reshape(size, -1, out.shape[-1]), h.reshape(size, -1, h.shape[-1])), (0, 0)
+    outs = [
+        glu_op(
+            x if x_dim is None else x.select(x_dim, i),
+            w if w_dim is None else w.select(w_dim, i),
+            b if b_dim is None else b.select(b_dim, i),
+            activation,
+            save,
+        )
+        for i in range(size)
+    ]
+    return (torch.stack([o for o, _ in outs]), torch.stack([h for _, h in outs])), (0, 0)
+
+
+def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
+    x2 = x.reshape(-1, spec.features)
+    w2 = w.reshape(spec.features, 2 * spec.units)
+    b2 = None if b is None else b.reshape(2 * spec.units)
+    name = spec.activation.name
+    if torch.is_grad_enabled() and (
+        x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
+    ):
+        out = glu_op(x2, w2, b2, name, spec.save)[0]
+    else:
+        out = _epilogue(_preactivation(x2, w2, b2), name)
+    return out.reshape(*x.shape[:-1], spec.units)
+
+
+def implementation(spec: GluSpec) -> str:
+    act = spec.activation.name
+    if act == "sigmoid":
+        epilogue = "F.glu (one fused pass)"
+    else:
+        epilogue = f"ATen's {act} kernel and an in-place multiply"
+    return (
+        f"torch.addmm on the packed (D, 2U) weight, then {epilogue}; "
+        "when a gradient is needed, through the custom op glu_kernels::glu"
+    )
