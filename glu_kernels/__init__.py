@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from glu_kernels import _dispatch, _validate
+from glu_kernels import _activations, _dispatch, _validate
 from glu_kernels._dispatch import available_backends
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-ACTIVATIONS: tuple[str, ...] = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")
+ACTIVATIONS: tuple[str, ...] = tuple(_activations.ACTIVATIONS)
 
 Array = TypeVar("Array")
 
@@ -34,7 +34,7 @@ _check = lru_cache(maxsize=4096)(_validate.check)
 
 def _prepare(x: Any, w: Any, b: Any, activation: str, save: str):
     backend = _dispatch.backend_of(x, w, b)
-    spec = _check(
+    key = (
         backend.shape(x),
         backend.shape(w),
         None if b is None else backend.shape(b),
@@ -44,7 +44,11 @@ def _prepare(x: Any, w: Any, b: Any, activation: str, save: str):
         activation,
         save,
     )
-    return backend, spec
+    try:
+        hash(key)
+    except TypeError:  # e.g. symbolic sizes under torch.compile(dynamic=True), or a list as activation
+        return backend, _validate.check(*key)
+    return backend, _check(*key)
 
 
 def glu(

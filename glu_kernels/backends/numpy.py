@@ -56,7 +56,7 @@ def glu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: GluSpec) -> np
     h = x.reshape(-1, d).astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(compute, copy=False)
     if b is not None:
         h += np.asarray(b).reshape(2 * u).astype(compute, copy=False)
-    h = h.astype(x.dtype).astype(compute, copy=False)  # 16-bit: h rounded once, as the other backends
+    h = h.astype(x.dtype, copy=False).astype(compute, copy=False)  # 16-bit: h rounded once, as the other backends
     with np.errstate(over="ignore"):
         out = h[:, :u] * ACTIVATIONS[spec.activation.name].forward(h[:, u:], PRIMITIVES)
     return out.astype(x.dtype, copy=False).reshape(*x.shape[:-1], u)
