@@ -13,7 +13,8 @@ nox.options.sessions = ["tests"]
 PYTHON = "3.11"
 CONSTRAINTS = ("-c", "constraints.txt")
 KERAS_BACKENDS = ("jax", "torch", "tensorflow")
-SHARDING_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+# The sharding tests simulate 8 CPU devices; their Keras test runs the layer under ModelParallel.
+SHARDING_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "KERAS_BACKEND": "jax"}
 
 
 def _install(session: nox.Session, extras: str) -> None:

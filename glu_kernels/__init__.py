@@ -44,11 +44,18 @@ def _prepare(x: Any, w: Any, b: Any, activation: str, save: str):
         activation,
         save,
     )
+    # No explicit hash(key): under torch.compile, hashing a symbolic size specializes it (one
+    # recompile per batch size); Dynamo skips the lru_cache wrapper and traces check itself.
     try:
-        hash(key)
-    except TypeError:  # e.g. symbolic sizes under torch.compile(dynamic=True), or a list as activation
-        return backend, _validate.check(*key)
-    return backend, _check(*key)
+        return backend, _check(*key)
+    except TypeError:
+        try:
+            hash(key)
+        except TypeError:  # an unhashable argument, e.g. a list as activation: validate uncached
+            pass
+        else:
+            raise  # check's own TypeError (dtypes)
+    return backend, _validate.check(*key)
 
 
 def glu(

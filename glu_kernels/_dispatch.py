@@ -37,9 +37,19 @@ def backend_name_of_type(t: type) -> str | None:
     return None
 
 
-@cache
 def backend(name: str) -> ModuleType:
     """The backend module ``glu_kernels.backends.<name>``, imported on first use."""
+    if name == "torch":
+        # A static import: torch.compile(fullgraph=True) traces this function, and Dynamo can run an
+        # import statement but not importlib.import_module (a graph break), even on the first call.
+        from glu_kernels.backends import torch as module
+
+        return module
+    return _imported_backend(name)
+
+
+@cache
+def _imported_backend(name: str) -> ModuleType:
     return importlib.import_module(f"glu_kernels.backends.{name}")
 
 

@@ -66,6 +66,17 @@ def resolve_activation(activation: str) -> Activation:
     )
 
 
+class _Received:
+    """``Received: x.shape=..., w.shape=...``, formatted only when an error message uses it: a call
+    traced by torch.compile has symbolic sizes, and formatting those would break the graph."""
+
+    def __init__(self, x_shape: Shape, w_shape: Shape) -> None:
+        self.x_shape, self.w_shape = x_shape, w_shape
+
+    def __format__(self, spec: str) -> str:
+        return f"Received: x.shape={_shape(self.x_shape)}, w.shape={_shape(self.w_shape)}"
+
+
 def check(
     x_shape: Shape,
     w_shape: Shape,
@@ -84,7 +95,7 @@ def check(
         )
     _check_dtypes(x_dtype, w_dtype, b_dtype)
 
-    received = f"Received: x.shape={_shape(x_shape)}, w.shape={_shape(w_shape)}"
+    received = _Received(x_shape, w_shape)  # formatted only if an error message is built
     if len(x_shape) < 1:
         raise ValueError(f"x must have at least one dimension, shape (..., D). {received}")
     if len(w_shape) == 2:

@@ -57,6 +57,19 @@ def _preactivation(x, w3, b3, compute_dtype):
     return h.astype(x.dtype)
 
 
+def _like(primal) -> dict:
+    """``out_sharding=`` the primal's sharding under explicit sharding (``AxisType.Explicit``, the
+    default of ``jax.make_mesh`` in recent JAX), where a contraction over a sharded axis (U for dx,
+    the batch for dw) must name its output sharding; nothing otherwise (XLA propagates them)."""
+    typeof = getattr(jax, "typeof", None)
+    sharding = getattr(typeof(primal), "sharding", None) if typeof is not None else None
+    mesh = getattr(sharding, "mesh", None)
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if explicit is not None and explicit in getattr(mesh, "axis_types", ()):
+        return {"out_sharding": sharding}
+    return {}
+
+
 @cache
 def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias: bool):
     """The jitted custom-VJP glu for one (activation, save, dtype, bias or not)."""
@@ -81,8 +94,16 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
         da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, act, PRIMITIVES)
         dh = jnp.stack([da, dg], axis=-2).astype(dtype)
-        dx = jnp.einsum("...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype)
-        dw = jnp.einsum("...d,...ku->dku", x, dh, preferred_element_type=compute_dtype)
+        dx = jnp.einsum(
+            "...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype, **_like(x)
+        )
+        # XLA:CPU (jax 0.10) rejects this contraction for BF16 x BF16 = F32 at run time for some
+        # shapes (2-D x: "Unsupported element type for DotThunk::Execute"); bf16 -> f32 is exact,
+        # so feed it float32 (the same products, the same float32 accumulation).
+        xw, dhw = (x, dh) if dtype != "bfloat16" else (x.astype(compute_dtype), dh.astype(compute_dtype))
+        dw = jnp.einsum(
+            "...d,...ku->dku", xw, dhw, preferred_element_type=compute_dtype, **_like(w3)
+        )
         db = dh.astype(compute_dtype).sum(axis=tuple(range(dh.ndim - 2))) if has_bias else None
         return (
             dx.astype(dtype),
@@ -91,14 +112,19 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         )
 
     glu3.defvjp(glu3_fwd, glu3_bwd)
-    return jax.jit(glu3)
+
+    def glu_packed(x, w, b):
+        # w (D, 2U) or (D, 2, U), b (2U,) or (2, U): reshaped inside the jit, where it is free (an eager
+        # reshape is one more dispatch and a copy of the weight on every call)
+        d, u = w.shape[0], w.shape[-1] // (2 if w.ndim == 2 else 1)
+        return glu3(x, w.reshape(d, 2, u), None if b is None else b.reshape(2, u))
+
+    return jax.jit(glu_packed)
 
 
 def glu(x: jax.Array, w: jax.Array, b: jax.Array | None, spec: GluSpec) -> jax.Array:
-    w3 = w.reshape(spec.features, 2, spec.units)
-    b3 = None if b is None else b.reshape(2, spec.units)
     fn = _glu_fn(spec.activation.name, spec.save, spec.dtype, spec.compute_dtype, spec.has_bias)
-    return fn(x, w3, b3)
+    return fn(x, w, b)
 
 
 def implementation(spec: GluSpec) -> str:

@@ -41,6 +41,19 @@ PRIMITIVES = _Primitives()
 
 # tf.nn.gelu is left out: its float32 constants cost float64 inputs 1e-8 of accuracy.
 _FORWARD = {"sigmoid": tf.math.sigmoid, "silu": tf.nn.silu, "relu": tf.nn.relu}
+# TensorFlow's fused gradient kernels (one op instead of the formula's three; both differentiable):
+# the gate gradient grad * f'(g), given g and f = f(g).
+_GATE_GRAD = {
+    "sigmoid": lambda grad, g, f: tf.raw_ops.SigmoidGrad(y=f, dy=grad),
+    "relu": lambda grad, g, f: tf.raw_ops.ReluGrad(gradients=grad, features=g),
+}
+
+try:  # whether a GradientTape could record an op right now (TensorFlow internals, hence guarded)
+    from tensorflow.python.eager.record import could_possibly_record as _could_record
+except ImportError:  # pragma: no cover - older/newer TensorFlow: always take the custom gradient
+
+    def _could_record() -> bool:
+        return True
 
 
 def _preactivation(x2, w2, b2):
@@ -49,7 +62,8 @@ def _preactivation(x2, w2, b2):
 
 
 def _halves(h, units: int, compute_dtype):
-    return tf.cast(h[:, :units], compute_dtype), tf.cast(h[:, units:], compute_dtype)
+    a, g = tf.split(h, 2, axis=-1)  # one op for both halves
+    return tf.cast(a, compute_dtype), tf.cast(g, compute_dtype)
 
 
 def _glu2(x2, w2, b2, spec: GluSpec):
@@ -72,7 +86,13 @@ def _glu2(x2, w2, b2, spec: GluSpec):
         def grad(dy):
             h_ = kept if kept is not None else _preactivation(x2, w2, b2)
             a, g = _halves(h_, units, compute_dtype)
-            da, dg = epilogue_backward(tf.cast(dy, compute_dtype), a, g, act, PRIMITIVES)
+            dy = tf.cast(dy, compute_dtype)
+            gate_grad = _GATE_GRAD.get(act.name)
+            if gate_grad is None:
+                da, dg = epilogue_backward(dy, a, g, act, PRIMITIVES)
+            else:
+                f = forward(g)
+                da, dg = dy * f, gate_grad(dy * a, g, f)
             dh = tf.cast(tf.concat([da, dg], axis=-1), dtype)
             grads = [
                 tf.linalg.matmul(dh, w2, transpose_b=True),
@@ -82,6 +102,8 @@ def _glu2(x2, w2, b2, spec: GluSpec):
 
         return epilogue(h), grad
 
+    if tf.executing_eagerly() and not _could_record():  # eager inference: no gradient to record
+        return epilogue(_preactivation(x2, w2, b2))
     return glu2(x2, w2) if b2 is None else glu2(x2, w2, b2)
 
 

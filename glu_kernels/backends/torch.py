@@ -29,7 +29,18 @@ def shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
+def _autocast_enabled(device: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device)
+    except RuntimeError:  # a device type without autocast, e.g. "meta" (Keras traces models on it)
+        return False
+
+
 def dtype_name(t: Tensor) -> str:
+    device = "cpu" if t.is_cpu else t.device.type
+    if _autocast_enabled(device) and t.is_floating_point() and t.dtype != torch.float64:
+        # autocast: glu casts its floating inputs (all but float64) like a matmul does; see glu().
+        return _DTYPE_NAMES[torch.get_autocast_dtype(device)]
     return _DTYPE_NAMES.get(t.dtype) or str(t.dtype).removeprefix("torch.")
 
 
@@ -58,7 +69,12 @@ _FORWARD = {
 }
 _GATE_GRAD = {
     "sigmoid": lambda grad, g, f: torch.ops.aten.sigmoid_backward(grad, f),
-    "silu": lambda grad, g, f: torch.ops.aten.silu_backward(grad, g),
+    # aten::silu_backward has no derivative: under create_graph (double backward) use the formula.
+    "silu": lambda grad, g, f: (
+        grad * ACTIVATIONS["silu"].value_and_derivative(g, PRIMITIVES)[1]
+        if torch.is_grad_enabled()
+        else torch.ops.aten.silu_backward(grad, g)
+    ),
     "gelu": lambda grad, g, f: torch.ops.aten.gelu_backward(grad, g),
     "gelu_tanh": lambda grad, g, f: torch.ops.aten.gelu_backward(grad, g, approximate="tanh"),
     "relu": lambda grad, g, f: torch.ops.aten.threshold_backward(grad, g, 0),
@@ -80,8 +96,9 @@ def _epilogue(h: Tensor, activation: str) -> Tensor:
         return F.glu(h, dim=-1)  # one fused pass; ATen computes 16-bit inputs in float32
     a, g = h.chunk(2, dim=-1)
     if _is_half(h):
-        out = _activate(g.float(), activation)
-        return out.mul_(a).to(h.dtype)
+        # f(g) in float32; the mixed-dtype multiply computes in float32 and rounds once into out
+        f = _activate(g.float(), activation) if activation != "linear" else g.float()
+        return torch.mul(f, a, out=torch.empty_like(a))
     return _activate(g, activation).mul_(a) if activation != "linear" else a * g
 
 
@@ -92,8 +109,49 @@ def _activate(g: Tensor, activation: str) -> Tensor:
     return ACTIVATIONS[activation].forward(g, PRIMITIVES)
 
 
+# The gate gradient written straight into its half of dh (float32 inputs; no autograd); sigmoid
+# needs none: aten::glu_backward does the whole pass.
+_GATE_GRAD_INTO = {
+    "silu": lambda grad, g, f, out: torch.ops.aten.silu_backward.grad_input(grad, g, grad_input=out),
+    "gelu": lambda grad, g, f, out: torch.ops.aten.gelu_backward.grad_input(grad, g, grad_input=out),
+    "gelu_tanh": lambda grad, g, f, out: torch.ops.aten.gelu_backward.grad_input(
+        grad, g, approximate="tanh", grad_input=out
+    ),
+    "relu": lambda grad, g, f, out: torch.ops.aten.threshold_backward.grad_input(
+        grad, g, 0, grad_input=out
+    ),
+    "linear": lambda grad, g, f, out: out.copy_(grad),
+}
+
+
+def _grad_preactivation_fast(dy: Tensor, h: Tensor, activation: str) -> Tensor:
+    """``_grad_preactivation`` for a plain backward (no create_graph): ATen's fused backward kernels
+    writing straight into one preallocated (B, 2U) dh, about half the memory passes. Not differentiable."""
+    if activation == "sigmoid":  # aten::glu_backward: the whole dh in one pass
+        if _is_half(h):  # float32 math, rounded once
+            return torch.ops.aten.glu_backward(dy.float(), h.float(), -1).to(h.dtype)
+        return torch.ops.aten.glu_backward(dy, h, -1)
+    units = dy.shape[-1]
+    dh = torch.empty_like(h)
+    a, g = h[..., :units], h[..., units:]
+    da, dg = dh[..., :units], dh[..., units:]
+    half = _is_half(h)
+    if half:
+        dy, a, g = dy.float(), a.float(), g.float()
+    f = _activate(g, activation) if activation != "linear" else g
+    torch.mul(dy, f, out=da)  # 16-bit: computed in float32, rounded once into dh
+    dya = torch.mul(dy, a, out=f) if f is not g else dy * a  # f is dead: reuse its buffer
+    if half:
+        dg.copy_(_GATE_GRAD[activation](dya, g, None))
+    else:
+        _GATE_GRAD_INTO[activation](dya, g, None, dg)
+    return dh
+
+
 def _grad_preactivation(dy: Tensor, h: Tensor, activation: str) -> Tensor:
     """``dh = [dy * f(g), dy * a * f'(g)]`` in h's dtype (float32 math for 16-bit inputs)."""
+    if not torch.is_grad_enabled():  # plain backward; under create_graph the formula below
+        return _grad_preactivation_fast(dy, h, activation)
     a, g = h.chunk(2, dim=-1)
     if _is_half(h):
         dy, a, g = dy.float(), a.float(), g.float()
@@ -165,7 +223,25 @@ def _glu_op_vmap(info, in_dims, x, w, b, activation, save):
     return (torch.stack([o for o, _ in outs]), torch.stack([h for _, h in outs])), (0, 0)
 
 
+# Under torch.autocast("cpu") (bfloat16 by default) the op runs in bfloat16, like a matmul would.
+torch.library.register_autocast("glu_kernels::glu", "cpu", torch.bfloat16)
+
+
+def _autocast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    if t is None or not t.is_floating_point() or t.dtype == torch.float64:
+        return t
+    return t.to(dtype)
+
+
 def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
+    device = "cpu" if x.is_cpu else x.device.type
+    if _autocast_enabled(device):
+        # Cast to the autocast dtype (validation saw these dtypes already) and run without autocast,
+        # so both paths behave alike and the op's bfloat16 rule never recasts a float16 autocast.
+        dtype = torch.get_autocast_dtype(device)
+        x, w, b = _autocast(x, dtype), _autocast(w, dtype), _autocast(b, dtype)
+        with torch.autocast(device, enabled=False):
+            return glu(x, w, b, spec)
     x2 = x.reshape(-1, spec.features)
     w2 = w.reshape(spec.features, 2 * spec.units)
     b2 = None if b is None else b.reshape(2 * spec.units)

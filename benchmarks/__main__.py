@@ -1,0 +1,150 @@
+"""`python -m benchmarks [--quick | --full] [--update-readme] ...`: the project's benchmark (`nox -s bench`).
+
+Per backend, shape and dtype it times glu_kernels.glu, the unfused formula, one GEMM + the framework's
+glu, the framework's compiler on the unfused formula, and the GEMM floors, forward and forward+backward,
+interleaved in one process; measures the bytes kept for backward; runs a Keras training step per Keras
+backend in a subprocess; prints rich tables and writes results/latest.json and results/latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import keras_step, machine, readme, report
+from benchmarks.cases import BACKENDS, SHAPES, plan
+from benchmarks.timing import measure
+
+HERE = Path(__file__).parent
+CASE_MODULES = {"torch": "torch_cases", "jax": "jax_cases", "tensorflow": "tf_cases", "numpy": "numpy_cases"}
+MEMORY_BACKENDS = ("torch", "jax")  # TensorFlow exposes no per-op saved-tensor accounting
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="CI smoke: 2 small shapes, few reps (< 1 min)")
+    mode.add_argument("--full", action="store_true", help="adds 2048x4096->11008 and longer budgets")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
+    p.add_argument("--shapes", default=None, help=f"comma-separated subset of {','.join(SHAPES)}")
+    p.add_argument("--dtypes", default=None, help="comma-separated subset of float32,bfloat16")
+    p.add_argument("--activation", default="sigmoid", help="gate activation timed (default: sigmoid)")
+    p.add_argument("--no-keras", action="store_true", help="skip the Keras training step")
+    p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes measurement")
+    p.add_argument("--update-readme", action="store_true", help="rewrite the README's bench section")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="where latest.json/.png go")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    args = _args(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)
+    t_start = time.perf_counter()
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    pl = plan(mode, tuple(b for b in args.backends.split(",") if b))
+    shapes = tuple(args.shapes.split(",")) if args.shapes else pl.shapes
+    dtypes = tuple(args.dtypes.split(",")) if args.dtypes else pl.dtypes
+
+    mods = {}
+    for b in pl.backends:
+        try:
+            mods[b] = importlib.import_module(f"benchmarks.{CASE_MODULES[b]}")
+        except ImportError as e:
+            console.print(f"[yellow]skipping {b}: {e}[/]")
+    result: dict = {
+        "mode": mode,
+        "activation": args.activation,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.describe(tuple(mods)),
+        "plan": {"shapes": shapes, "dtypes": dtypes, "budget_s": pl.budget_s, "min_reps": pl.min_reps,
+                 "max_reps": pl.max_reps, "torch_compile": pl.compile_torch},
+        "shapes": {n: {"label": s.label, "B": s.batch, "D": s.features, "U": s.units}
+                   for n, s in SHAPES.items()},
+        "timings": [],
+        "memory": {},
+        "keras": [],
+    }
+    m = result["machine"]
+    console.print(f"[bold]machine[/]: {m['cpu']}, {m['cores']} cores, avx512={m['avx512']}, amx={m['amx']}, "
+                  + ", ".join(f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow") if k in m)
+                  + f", threads torch={m.get('threads_torch')} tf={m.get('threads_tensorflow')}")
+
+    groups = [(b, s, d) for b in mods for s in shapes for d in dtypes]
+    keras_backends = () if args.no_keras else ("jax", "torch", "tensorflow")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("benchmark", total=len(groups) + len(keras_backends) + (0 if args.no_memory else 1))
+        for backend, shape_name, dtype in groups:
+            shape = SHAPES[shape_name]
+            progress.update(task, description=f"{backend} {shape.label} {dtype}")
+            compile_ = pl.compile_torch if backend == "torch" else True
+            try:
+                variants = mods[backend].variants(shape, dtype, args.activation, compile_)
+            except Exception as e:  # noqa: BLE001 - report, go on with the other cases
+                console.print(f"[red]{backend} {shape.label} {dtype}: setup failed: {e!r}[/]")
+                variants = []
+            for phase in report.PHASES:
+                fns = {v.key: (v.forward if phase == "forward" else v.train) for v in variants}
+                fns = {k: f for k, f in fns.items() if f is not None}
+                if "floor" not in fns or len(fns) < 2:
+                    continue
+                try:
+                    stats = measure(fns, budget_s=pl.budget_s, min_reps=pl.min_reps, max_reps=pl.max_reps)
+                except Exception as e:  # noqa: BLE001
+                    console.print(f"[red]{backend} {shape.label} {dtype} {phase}: {e!r}[/]")
+                    continue
+                what = {v.key: v.what for v in variants}
+                for key, st in stats.items():
+                    result["timings"].append({
+                        "backend": backend, "shape": shape_name, "dtype": dtype, "phase": phase,
+                        "variant": key, "what": what[key], "stats": st.to_dict(),
+                        "ratio_to_floor": st.median / stats["floor"].median,
+                    })
+            del variants
+            progress.advance(task)
+        if not args.no_memory:
+            progress.update(task, description="bytes saved for backward")
+            for backend in MEMORY_BACKENDS:
+                if backend not in mods:
+                    continue
+                for shape_name in shapes:
+                    if shape_name == "llama":
+                        continue
+                    for dtype in dtypes:
+                        per = result["memory"].setdefault(backend, {}).setdefault(shape_name, {})
+                        per[dtype] = {act: mods[backend].saved_bytes(SHAPES[shape_name], dtype, act)
+                                      for act in ("sigmoid", "silu")}
+            progress.advance(task)
+        for kb in keras_backends:
+            progress.update(task, description=f"keras training step ({kb})")
+            for dtype in ("float32",) if mode == "quick" else ("float32", "bfloat16"):
+                res = keras_step.run(kb, pl.keras_shapes, dtype, pl.keras_budget_s)
+                res["dtype"] = dtype
+                result["keras"].append(res)
+                if "skipped" in res:
+                    break
+            progress.advance(task)
+
+    result["elapsed_s"] = time.perf_counter() - t_start
+    report.print_tables(result, console)
+    json_path, png_path = args.out / "latest.json", args.out / "latest.png"
+    report.write_json(result, json_path)
+    report.plot(result, png_path)
+    console.print(f"wrote {json_path} and {png_path}; {result['elapsed_s']:.0f} s")
+    if args.update_readme:
+        root = HERE.parent
+        readme.update(root / "README.md", result, png_path.relative_to(root).as_posix())
+        console.print(f"updated {root / 'README.md'} (bench section)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

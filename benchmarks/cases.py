@@ -1,0 +1,75 @@
+"""What is measured: the shapes, dtypes and backends of each run mode, and the time budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    features: int
+    units: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.batch}x{self.features}->{self.units}"
+
+    def gemm_flops(self) -> float:
+        """FLOPs of the forward GEMM x (B, D) @ W2 (D, 2U)."""
+        return 2.0 * self.batch * self.features * 2 * self.units
+
+
+SHAPES = {
+    s.name: s
+    for s in (
+        Shape("seed", 32, 16, 8),
+        Shape("tabular", 1024, 256, 256),
+        Shape("ffn", 2048, 1024, 1024),
+        Shape("ffn-wide", 4096, 1024, 2048),
+        Shape("llama", 2048, 4096, 11008),
+    )
+}
+
+BACKENDS = ("torch", "jax", "tensorflow", "numpy")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One run mode: which cases, and how long each may take."""
+
+    mode: str
+    shapes: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    backends: tuple[str, ...]
+    budget_s: float  # time budget per (backend, shape, dtype, forward|train) group, after warm-up
+    min_reps: int
+    max_reps: int
+    compile_torch: bool  # torch.compile costs ~10 s per graph on 2 cores
+    keras_shapes: tuple[str, ...]
+    keras_budget_s: float
+
+
+def plan(mode: str, backends: tuple[str, ...] | None = None) -> Plan:
+    backends = backends or BACKENDS
+    if mode == "quick":
+        return Plan(mode, ("seed", "tabular"), DTYPES, backends, 0.25, 3, 15, False, ("tabular",), 0.5)
+    if mode == "full":
+        return Plan(
+            mode,
+            ("seed", "tabular", "ffn", "ffn-wide", "llama"),
+            DTYPES,
+            backends,
+            6.0,
+            3,
+            60,
+            True,
+            ("tabular", "ffn"),
+            4.0,
+        )
+    return Plan(
+        mode, ("seed", "tabular", "ffn", "ffn-wide"), DTYPES, backends, 1.2, 3, 40, True,
+        ("tabular",), 2.0,
+    )

@@ -1,0 +1,132 @@
+"""JAX variants: fused glu, unfused formula (eager, op by op), x@W2 + jax.nn.glu (eager), jax.jit of the
+unfused formula, and the jitted GEMM floors. Every call ends in block_until_ready."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import glu_kernels
+from benchmarks.cases import Shape
+from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
+
+_ACT = {"sigmoid": jax.nn.sigmoid, "silu": jax.nn.silu, "relu": jax.nn.relu,
+        "gelu": lambda g: jax.nn.gelu(g, approximate=False), "linear": lambda g: g}
+
+
+def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    b_, d, u = shape.batch, shape.features, shape.units
+    dt = jnp.dtype(dtype)
+
+    def r(*s, scale=1.0):
+        return jnp.asarray((rng.standard_normal(s) * scale).astype(np.float32)).astype(dt)
+
+    w2, b2 = r(d, 2 * u, scale=d**-0.5), r(2 * u, scale=0.1)
+    return {"x": r(b_, d), "w2": w2, "b2": b2, "w": w2[:, :u], "v": w2[:, u:],
+            "bw": b2[:u], "bv": b2[u:], "dy": r(b_, u), "dh": r(b_, 2 * u)}
+
+
+def unfused(x, w, v, bw, bv, activation="sigmoid"):
+    return (x @ w + bw) * _ACT[activation](x @ v + bv)
+
+
+def packed(x, w2, b2, activation="sigmoid"):
+    h = x @ w2 + b2
+    if activation == "sigmoid":
+        return jax.nn.glu(h, axis=-1)
+    a, g = jnp.split(h, 2, axis=-1)
+    return a * _ACT[activation](g)
+
+
+def _block(tree):
+    return jax.block_until_ready(tree)
+
+
+def _vjp(fn, args, dy):
+    out, vjp = jax.vjp(fn, *args)
+    return vjp(dy)
+
+
+def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -> list[Variant]:
+    t = tensors(shape, dtype)
+    x, w2, b2, w, v, bw, bv, dy, dh = (t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh"))
+
+    def fused(x_, w_, b_):
+        return glu_kernels.glu(x_, w_, b_, activation=activation)
+
+    def unf(*a):
+        return unfused(*a, activation)
+
+    def pk(*a):
+        return packed(*a, activation)
+
+    fused_train = jax.jit(lambda x_, w_, b_, dy_: _vjp(fused, (x_, w_, b_), dy_))
+    unf_jit = jax.jit(unf)
+    unf_train_jit = jax.jit(lambda x_, w_, v_, bw_, bv_, dy_: _vjp(unf, (x_, w_, v_, bw_, bv_), dy_))
+    floor_fwd = jax.jit(lambda x_, w_, b_: x_ @ w_ + b_)
+    floor_train = jax.jit(lambda x_, w_, dh_: (x_ @ w_, dh_ @ w_.T, x_.T @ dh_))
+    split = (x, w, v, bw, bv)
+    out = [
+        Variant(FUSED, "glu_kernels.glu (jit inside); train: jit(vjp)",
+                lambda: _block(fused(x, w2, b2)), lambda: _block(fused_train(x, w2, b2, dy))),
+        Variant(UNFUSED, "x@W+b, x@V+b, act, mul, eager; jax.vjp eager",
+                lambda: _block(unf(*split)), lambda: _block(_vjp(unf, split, dy))),
+        Variant(PACKED, "x@W2+b, jax.nn.glu, eager" if activation == "sigmoid" else "x@W2+b, split, act, mul",
+                lambda: _block(pk(x, w2, b2)), lambda: _block(_vjp(pk, (x, w2, b2), dy))),
+    ]
+    if compile_:
+        out.append(Variant(COMPILED, "jax.jit(unfused); train: jit(vjp(unfused))",
+                           lambda: _block(unf_jit(*split)),
+                           lambda: _block(unf_train_jit(*split, dy))))
+    out.append(Variant(FLOOR, "jit(x@W2+b); train: jit(x@W2, dh@W2^T, x^T@dh)",
+                       lambda: _block(floor_fwd(x, w2, b2)), lambda: _block(floor_train(x, w2, dh))))
+    return out
+
+
+def _same(leaf, arg) -> bool:
+    """Whether a residual is an input (the same array, or a reshape of it such as w as (D, 2, U))."""
+    if leaf is arg:
+        return True
+    if leaf.size != arg.size or leaf.dtype != arg.dtype:
+        return False
+    return bool(np.array_equal(np.asarray(leaf).ravel(), np.asarray(arg).ravel()))
+
+
+def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
+    """Bytes of the vjp residuals (leaves of the vjp closure), x/w/b counted apart, and XLA's temp
+    buffer size of the jitted train step (peak scratch beyond arguments and outputs)."""
+    t = tensors(shape, dtype)
+    cases = {
+        "fused (save=activations)": (lambda x, w2, b2: glu_kernels.glu(
+            x, w2, b2, activation=activation), ("x", "w2", "b2")),
+        "fused (save=input)": (lambda x, w2, b2: glu_kernels.glu(
+            x, w2, b2, activation=activation, save="input"), ("x", "w2", "b2")),
+        "unfused": (lambda *a: unfused(*a, activation), ("x", "w", "v", "bw", "bv")),
+        "packed": (lambda *a: packed(*a, activation), ("x", "w2", "b2")),
+        "compiled": (jax.jit(lambda *a: unfused(*a, activation)), ("x", "w", "v", "bw", "bv")),
+    }
+    bu = shape.batch * shape.units
+    res = {}
+    for name, (fn, keys) in cases.items():
+        args = [t[k] for k in keys]
+        _, vjp = jax.vjp(fn, *args)
+        leaves = [l_ for l_ in jax.tree_util.tree_leaves(vjp) if hasattr(l_, "nbytes")]
+        uniq = {id(l_): l_ for l_ in leaves}.values()
+        others = [l_ for l_ in uniq if not any(_same(l_, a) for a in args)]
+        total = sum(int(l_.nbytes) for l_ in uniq)
+        step = jax.jit(lambda *a, fn=fn: _vjp(fn, a[:-1], a[-1]))
+        try:
+            mem = step.lower(*args, t["dy"]).compile().memory_analysis()
+            temp = int(mem.temp_size_in_bytes) if mem is not None else None
+        except Exception:  # noqa: BLE001 - memory analysis is optional per jaxlib
+            temp = None
+        res[name] = {
+            "total_bytes": total,
+            "activation_bytes": sum(int(l_.nbytes) for l_ in others),
+            "largest_saved_non_input_elems": max((int(l_.size) for l_ in others), default=0),
+            "B*U": bu,
+            "train_step_temp_bytes": temp,
+        }
+    return res

@@ -1,0 +1,206 @@
+"""The report: a rich table in the terminal, the raw JSON, and a PNG of each variant as % of its floor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.variants import FLOOR, FUSED, LABELS, ORDER, UNFUSED
+
+PHASES = ("forward", "train")
+
+
+def _index(timings: list[dict]) -> dict:
+    idx: dict = {}
+    for r in timings:
+        idx.setdefault((r["backend"], r["shape"], r["dtype"], r["phase"]), {})[r["variant"]] = r
+    return idx
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3g}" if s >= 1e-3 else f"{s * 1e6:.3g}us".replace("us", " µs")
+
+
+def targets(result: dict) -> list[dict]:
+    """Each target of issue 5, with the measured figure and whether it is met."""
+    idx = _index(result["timings"])
+    rows = []
+
+    def ratio(key, a, b=FLOOR):
+        row = idx.get(key, {})
+        if a in row and b in row:
+            sa, sb = row[a]["stats"], row[b]["stats"]
+            return sa["median"] / sb["median"], (sa["q1"] / sb["q3"], sa["q3"] / sb["q1"])
+        return None, None
+
+    for (backend, shape, dtype, phase) in idx:
+        if phase == "forward" and shape not in ("seed",) and backend != "numpy":
+            r, (lo, hi) = ratio((backend, shape, dtype, phase), FUSED)
+            if r is not None:
+                rows.append(dict(target="forward fused/GEMM floor <= 1.05", backend=backend, shape=shape,
+                                 dtype=dtype, value=r, spread=(lo, hi), met=r <= 1.05))
+        if phase == "train" and shape == "ffn":
+            r, sp = ratio((backend, shape, dtype, phase), FUSED)
+            if r is not None:
+                rows.append(dict(target="train fused/3-GEMM floor <= 1.10", backend=backend, shape=shape,
+                                 dtype=dtype, value=r, spread=sp, met=r <= 1.10))
+            r, sp = ratio((backend, shape, dtype, phase), FUSED, UNFUSED)
+            if r is not None:
+                rows.append(dict(target="train fused/unfused <= 0.90", backend=backend, shape=shape,
+                                 dtype=dtype, value=r, spread=sp, met=r <= 0.90))
+        if backend == "torch" and shape == "seed" and phase == "forward" and dtype == "float32":
+            r, sp = ratio((backend, shape, dtype, phase), FUSED)
+            if r is not None:
+                rows.append(dict(target="small: torch glu / addmm <= 1.5", backend=backend, shape=shape,
+                                 dtype=dtype, value=r, spread=sp, met=r <= 1.5))
+        if backend == "torch" and dtype == "bfloat16" and shape != "seed":
+            r, sp = ratio((backend, shape, dtype, phase), FUSED)
+            if r is not None:
+                rows.append(dict(target=f"bf16 torch {phase}: floor/fused >= 0.80", backend=backend,
+                                 shape=shape, dtype=dtype, value=1 / r,
+                                 spread=(1 / sp[1], 1 / sp[0]), met=1 / r >= 0.80))
+    for backend, per_shape in result.get("memory", {}).items():
+        for shape, per_dtype in per_shape.items():
+            for dtype, m in per_dtype.items():
+                if "silu" not in m:
+                    continue
+                mm = m["silu"]
+                f, u = mm["fused (save=activations)"], mm["unfused"]
+                if u["activation_bytes"]:
+                    r = f["activation_bytes"] / u["activation_bytes"]
+                    rows.append(dict(target="SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3",
+                                     backend=backend, shape=shape, dtype=dtype, value=r, spread=None,
+                                     met=r <= 2 / 3 + 1e-9))
+                    r_t = f["total_bytes"] / u["total_bytes"]
+                    rows.append(dict(target="SwiGLU saved (all incl. x,w,b) fused/unfused",
+                                     backend=backend, shape=shape, dtype=dtype, value=r_t, spread=None,
+                                     met=None))
+                inp = mm["fused (save=input)"]
+                rel = inp["largest_saved_non_input_elems"] / inp["B*U"]
+                rows.append(dict(target="save=input: largest saved non-input/(B*U) < 1",
+                                 backend=backend, shape=shape, dtype=dtype, value=rel, spread=None,
+                                 met=rel < 1))
+    return rows
+
+
+def print_tables(result: dict, console) -> None:
+    from rich.table import Table
+
+    idx = _index(result["timings"])
+    backends = dict.fromkeys(k[0] for k in idx)
+    for backend in backends:
+        table = Table(title=f"{backend}: median time as x GEMM floor (IQR % of median)",
+                      title_justify="left")
+        for col in ("shape", "dtype", "phase", "floor ms"):
+            table.add_column(col)
+        present = [v for v in ORDER if v != FLOOR and any(v in row for k, row in idx.items() if k[0] == backend)]
+        for v in present:
+            table.add_column(LABELS[v], justify="right")
+        for (b, shape, dtype, phase), row in idx.items():
+            if b != backend or FLOOR not in row:
+                continue
+            floor = row[FLOOR]["stats"]
+            cells = []
+            for v in present:
+                if v not in row:
+                    cells.append("-")
+                    continue
+                s = row[v]["stats"]
+                r = s["median"] / floor["median"]
+                style = "green" if r <= 1.05 else ("yellow" if r <= 1.25 else "red")
+                cells.append(f"[{style}]{r:.2f}x[/] ({s['iqr_pct']:.0f}%)")
+            table.add_row(result["shapes"][shape]["label"], dtype, phase,
+                          f"{floor['median'] * 1e3:.3g} ({floor['iqr_pct']:.0f}%)", *cells)
+        console.print(table)
+    if result.get("memory"):
+        table = Table(title="bytes saved for backward (beyond x, w, b) / total", title_justify="left")
+        for col in ("backend", "shape", "dtype", "act", "fused", "fused save=input", "unfused", "packed",
+                    "fused/unfused"):
+            table.add_column(col)
+        for backend, per_shape in result["memory"].items():
+            for shape, per_dtype in per_shape.items():
+                for dtype, per_act in per_dtype.items():
+                    for act, m in per_act.items():
+                        def f(k):
+                            return (f"{m[k]['activation_bytes'] / 2**20:.2f} / "
+                                    f"{m[k]['total_bytes'] / 2**20:.2f} MiB") if k in m else "-"
+                        u = m["unfused"]["activation_bytes"]
+                        r = m["fused (save=activations)"]["activation_bytes"] / u if u else float("nan")
+                        table.add_row(backend, result["shapes"][shape]["label"], dtype, act,
+                                      f("fused (save=activations)"), f("fused (save=input)"),
+                                      f("unfused"), f("packed"), f"{r:.3f}")
+        console.print(table)
+    if result.get("keras"):
+        table = Table(title="Keras training step (train_on_batch): glu_keras / KMR-style", title_justify="left")
+        for col in ("backend", "shape", "glu_keras ms", "kmr_style ms", "ratio"):
+            table.add_column(col)
+        for k in result["keras"]:
+            if "skipped" in k:
+                table.add_row(k["backend"], "-", "-", "-", f"skipped: {k['skipped'][:80]}")
+                continue
+            for r in k["results"]:
+                g, m = r["stats"]["glu_keras"], r["stats"]["kmr_style"]
+                table.add_row(k["backend"], r["label"], f"{g['median'] * 1e3:.3g} ({g['iqr_pct']:.0f}%)",
+                              f"{m['median'] * 1e3:.3g} ({m['iqr_pct']:.0f}%)", f"{r['ratio_glu_to_kmr']:.2f}x")
+        console.print(table)
+    rows = targets(result)
+    if rows:
+        table = Table(title="targets (issue 5); spread = [q1/q3', q3/q1'] of the two distributions",
+                      title_justify="left")
+        for col in ("target", "backend", "shape", "dtype", "measured", "spread", "met"):
+            table.add_column(col)
+        for r in rows:
+            sp = f"{r['spread'][0]:.2f}-{r['spread'][1]:.2f}" if r["spread"] else ""
+            met = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[r["met"]]
+            table.add_row(r["target"], r["backend"], result["shapes"][r["shape"]]["label"], r["dtype"],
+                          f"{r['value']:.3f}", sp, met)
+        console.print(table)
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result | {"targets": targets(result)}, indent=1, default=str) + "\n")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _index(result["timings"])
+    backends = [b for b in dict.fromkeys(k[0] for k in idx)]
+    fig, axes = plt.subplots(len(PHASES), len(backends), figsize=(4.2 * len(backends), 7), squeeze=False)
+    colors = {v: c for v, c in zip(ORDER, ("tab:green", "tab:red", "tab:orange", "tab:purple", "tab:gray"))}
+    for i, phase in enumerate(PHASES):
+        for j, backend in enumerate(backends):
+            ax = axes[i][j]
+            groups = [(k, row) for k, row in idx.items() if k[0] == backend and k[3] == phase and FLOOR in row]
+            variants = [v for v in ORDER if v != FLOOR and any(v in row for _, row in groups)]
+            width = 0.8 / max(1, len(variants))
+            for n, v in enumerate(variants):
+                xs, ys, err = [], [], [[], []]
+                for g, (k, row) in enumerate(groups):
+                    if v in row:
+                        f, s = row[FLOOR]["stats"]["median"], row[v]["stats"]
+                        xs.append(g + n * width)
+                        ys.append(100 * s["median"] / f)
+                        err[0].append(100 * (s["median"] - s["q1"]) / f)
+                        err[1].append(100 * (s["q3"] - s["median"]) / f)
+                ax.bar(xs, ys, width, yerr=err, label=LABELS[v], color=colors[v], capsize=2)
+            ax.axhline(100, color="k", lw=0.8)
+            ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+            ax.set_xticklabels([f"{result['shapes'][k[1]]['label']}\n{k[2].replace('float', 'f').replace('bf', 'bf')}"
+                                for k, _ in groups], fontsize=6, rotation=45, ha="right")
+            ax.set_yscale("log")
+            ax.set_title(f"{backend} {phase}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("% of GEMM floor (log)")
+            if i == 0 and j == len(backends) - 1:
+                ax.legend(fontsize=6)
+    fig.suptitle("each variant as % of its GEMM floor (forward: x@[W|V]+b; train: 3 GEMMs); "
+                 "bars: median, whiskers: IQR", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

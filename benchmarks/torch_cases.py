@@ -1,0 +1,143 @@
+"""PyTorch variants: fused glu, unfused KMR-style formula, addmm + F.glu, torch.compile, GEMM floors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import glu_kernels
+from benchmarks.cases import Shape
+from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
+
+_ACT = {"sigmoid": torch.sigmoid, "silu": F.silu, "relu": torch.relu,
+        "gelu": F.gelu, "linear": lambda g: g}
+
+
+def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
+    """x, packed (W2, b2) and split (W, V, bw, bv) weights with w ~ 1/sqrt(D), and a cotangent."""
+    gen = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, dtype)
+    b_, d, u = shape.batch, shape.features, shape.units
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=gen) * scale).to(dt)
+
+    w2, b2 = r(d, 2 * u, scale=1 / math.sqrt(d)), r(2 * u, scale=0.1)
+    return {
+        "x": r(b_, d), "w2": w2, "b2": b2,
+        "w": w2[:, :u].contiguous(), "v": w2[:, u:].contiguous(),
+        "bw": b2[:u].contiguous(), "bv": b2[u:].contiguous(),
+        "dy": r(b_, u), "dh": r(b_, 2 * u),
+    }
+
+
+def unfused(x, w, v, bw, bv, activation="sigmoid"):
+    """What a KMR-style layer computes: two Dense layers, activation, multiply."""
+    return torch.addmm(bw, x, w) * _ACT[activation](torch.addmm(bv, x, v))
+
+
+def packed(x, w2, b2, activation="sigmoid"):
+    h = torch.addmm(b2, x, w2)
+    if activation == "sigmoid":
+        return F.glu(h, dim=-1)
+    a, g = h.chunk(2, dim=-1)
+    return a * _ACT[activation](g)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(train: bool):
+    # dynamic=True: one graph for every shape of a dtype (each compile costs ~10 s on 2 cores)
+    key = train
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(unfused, dynamic=True)
+    return _COMPILED[key]
+
+
+def _grad_step(fn, inputs, dy):
+    def step():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        return torch.autograd.grad(out, leaves, dy)
+
+    return step
+
+
+def variants(shape: Shape, dtype: str, activation: str, compile_: bool) -> list[Variant]:
+    t = tensors(shape, dtype)
+    x, w2, b2, w, v, bw, bv, dy, dh = (t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh"))
+    glu = glu_kernels.glu
+
+    def no_grad(fn):
+        def call():
+            with torch.no_grad():
+                return fn()
+
+        return call
+
+    out = [
+        Variant(FUSED, "glu_kernels.glu", no_grad(lambda: glu(x, w2, b2, activation=activation)),
+                _grad_step(lambda x_, w_, b_: glu(x_, w_, b_, activation=activation), (x, w2, b2), dy)),
+        Variant(UNFUSED, "addmm x2, act, mul; autograd",
+                no_grad(lambda: unfused(x, w, v, bw, bv, activation)),
+                _grad_step(lambda *a: unfused(*a, activation), (x, w, v, bw, bv), dy)),
+        Variant(PACKED, "addmm + F.glu" if activation == "sigmoid" else "addmm + chunk, act, mul",
+                no_grad(lambda: packed(x, w2, b2, activation)),
+                _grad_step(lambda *a: packed(*a, activation), (x, w2, b2), dy)),
+    ]
+    if compile_:
+        fwd_c, train_c = _compiled(False), _compiled(True)
+        out.append(Variant(COMPILED, "torch.compile(unfused, dynamic=True)",
+                           no_grad(lambda: fwd_c(x, w, v, bw, bv, activation)),
+                           _grad_step(lambda *a: train_c(*a, activation), (x, w, v, bw, bv), dy)))
+
+    def floor_train():
+        return x @ w2, dh @ w2.mT, x.mT @ dh
+
+    out.append(Variant(FLOOR, "addmm(b, x, [W|V]); train: x@W2, dh@W2^T, x^T@dh",
+                       no_grad(lambda: torch.addmm(b2, x, w2)), no_grad(floor_train)))
+    return out
+
+
+def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
+    """Bytes autograd keeps for backward (saved-tensor hooks), per variant; x/w/b counted apart."""
+    t = tensors(shape, dtype)
+    res = {}
+    cases = {
+        "fused (save=activations)": (lambda x, w2, b2: glu_kernels.glu(
+            x, w2, b2, activation=activation), ("x", "w2", "b2")),
+        "fused (save=input)": (lambda x, w2, b2: glu_kernels.glu(
+            x, w2, b2, activation=activation, save="input"), ("x", "w2", "b2")),
+        "unfused": (lambda *a: unfused(*a, activation), ("x", "w", "v", "bw", "bv")),
+        "packed": (lambda *a: packed(*a, activation), ("x", "w2", "b2")),
+    }
+    bu = shape.batch * shape.units
+    for name, (fn, keys) in cases.items():
+        leaves = [t[k].detach().requires_grad_() for k in keys]
+        inputs = {id(l_.untyped_storage()) for l_ in leaves}
+        in_ptrs = {l_.untyped_storage().data_ptr() for l_ in leaves}
+        seen: dict[int, int] = {}
+        largest_other = 0
+
+        def pack(tensor):
+            nonlocal largest_other
+            st = tensor.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr not in seen:
+                seen[ptr] = st.nbytes()
+                if ptr not in in_ptrs:
+                    largest_other = max(largest_other, tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
+            out = fn(*leaves)
+        del out
+        total = sum(seen.values())
+        beyond = sum(n for p, n in seen.items() if p not in in_ptrs)
+        res[name] = {"total_bytes": total, "activation_bytes": beyond,
+                     "largest_saved_non_input_elems": largest_other, "B*U": bu}
+        del inputs
+    return res

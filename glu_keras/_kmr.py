@@ -1,0 +1,196 @@
+"""Everything about KMR's ``GatedLinearUnit`` (package ``kmr``, on PyPI as ``kerasfactory``).
+
+- :func:`kmr_custom_objects`: the ``custom_objects`` that load a ``.keras`` file saved with KMR's
+  layer into :class:`glu_keras.GatedLinearUnit` (its two ``Dense`` sublayers packed into the fused
+  kernel).
+- :class:`KMRSublayerView`: how those weights arrive (see below).
+- :class:`KMRStyleGatedLinearUnit`: a reference two-``Dense`` layer computing what KMR's computes,
+  for benchmarks and tests (KMR itself pins pytest<9 and imports pandas, plotly and scikit-learn).
+
+How the migration works: Keras finds a layer's weights in a ``.keras`` file by attribute path,
+e.g. ``layers/gated_linear_unit/linear/vars/{0,1}`` for KMR's value ``Dense`` (kernel (D, U), bias
+(U,)) and ``.../sigmoid/vars/{0,1}`` for its gate, and nothing under the layer's own ``vars``. Our
+layer has the same snake-case path (same class name) and two attributes of those names, ``linear``
+and ``sigmoid``: views whose ``load_own_variables`` copy each ``Dense`` into its half of the
+(D, 2, U) kernel and (2, U) bias. The views save nothing, so a migrated model saves as a plain
+glu_keras model.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+from keras.src.saving.keras_saveable import KerasSaveable
+
+if TYPE_CHECKING:
+    from glu_keras.layer import GatedLinearUnit
+
+__all__ = [
+    "kmr_custom_objects",
+    "KMRStyleGatedLinearUnit",
+    "KMRSublayerView",
+    "KMR_REGISTERED_NAMES",
+]
+
+# The names KMR registered its layer under (``@register_keras_serializable(package=...)``), as they
+# appear in "registered_name" of a saved config. kerasfactory 0.1.1 writes the second.
+KMR_REGISTERED_NAMES: tuple[str, ...] = (
+    "kmr.layers>GatedLinearUnit",
+    "kerasfactory.layers>GatedLinearUnit",
+)
+
+_HALF_NAMES = ("linear", "sigmoid")
+
+
+class KMRSublayerView(KerasSaveable):
+    """One half of a :class:`glu_keras.GatedLinearUnit` seen as KMR's ``Dense`` sublayer (loading).
+
+    ``load_own_variables`` takes a KMR ``Dense``'s stored variables (``"0"``: kernel (D, U),
+    ``"1"``: bias (U,)) and writes them into ``kernel[:, half]`` and ``bias[half]`` of the fused
+    layer. An empty store (any file this package wrote) is left alone. Holds its layer by weak
+    reference, so the saving walk never recurses back into the layer.
+    """
+
+    def __init__(self, layer: GatedLinearUnit, half: int) -> None:
+        self._layer_ref = weakref.ref(layer)
+        self._half = half
+
+    def owner(self) -> GatedLinearUnit | None:
+        """The layer whose half this is (None once it is gone). A method, not an attribute: Keras'
+        saving walk follows attributes and must not walk back into the layer."""
+        return self._layer_ref()
+
+    def _obj_type(self) -> str:
+        # Keras' saving walk asks for one of its known kinds to pick which attributes to skip; this
+        # view has no Keras attributes at all, and the "Loss" skip set is the smallest harmless one.
+        return "Loss"
+
+    def load_own_variables(self, store: Any) -> None:
+        if len(store.keys()) == 0:
+            return
+        layer = self.owner()
+        name = f"{getattr(layer, 'name', '?')}/{_HALF_NAMES[self._half]}"
+        if layer is None or not layer.built:
+            raise ValueError(f"Cannot load KMR weights into the unbuilt layer {name}.")
+        units, d = layer.units, layer.kernel.shape[0]
+        kernel = np.asarray(store["0"])
+        if kernel.shape != (d, units):
+            raise ValueError(
+                f"KMR Dense '{name}' has a kernel of shape {kernel.shape}; this layer expects "
+                f"(input_dim, units) = {(d, units)}."
+            )
+        packed = keras.ops.convert_to_numpy(layer.kernel).copy()
+        packed[:, self._half, :] = kernel
+        layer.kernel.assign(packed)
+        if "1" in store:
+            if not layer.use_bias:
+                raise ValueError(
+                    f"KMR Dense '{name}' has a bias, but the layer has use_bias=False."
+                )
+            bias = np.asarray(store["1"])
+            if bias.shape != (units,):
+                raise ValueError(
+                    f"KMR Dense '{name}' has a bias of shape {bias.shape}; expected ({units},)."
+                )
+            packed_bias = keras.ops.convert_to_numpy(layer.bias).copy()
+            packed_bias[self._half] = bias
+            layer.bias.assign(packed_bias)
+
+
+class _KMRLoader:
+    """Stands in for KMR's class during deserialization: builds our layer from KMR's config."""
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> GatedLinearUnit:
+        from glu_keras.layer import GatedLinearUnit
+
+        layer = GatedLinearUnit.from_config(config)
+        layer._kmr_compat = True
+        return layer
+
+
+def kmr_custom_objects() -> dict[str, Any]:
+    """The ``custom_objects`` that load a ``.keras`` file saved with KMR's ``GatedLinearUnit``.
+
+    Each KMR layer becomes a :class:`glu_keras.GatedLinearUnit` with the same name, ``units`` and
+    dtype policy, its ``linear`` Dense packed into the value half and its ``sigmoid`` Dense into the
+    gate half: the loaded model computes what the KMR model computed. Saving it writes a file that
+    loads with nothing but ``import glu_keras``. (A compiled KMR model's optimizer state has four
+    variables per layer where ours has two; Keras then warns and starts the optimizer afresh.)
+    Migrate in a process that does not import KMR: Keras' global registry, which ``import
+    kerasfactory`` fills, takes precedence over ``custom_objects`` (this function warns if so).
+
+    Returns:
+        A dict from KMR's registered names (``"kerasfactory.layers>GatedLinearUnit"``,
+        ``"kmr.layers>GatedLinearUnit"``) to a loader.
+
+    Example:
+        >>> import keras, glu_keras
+        >>> model = keras.models.load_model(
+        ...     "kmr_model.keras", custom_objects=glu_keras.kmr_custom_objects()
+        ... )  # doctest: +SKIP
+        >>> model.save("glu_model.keras")  # doctest: +SKIP
+    """
+    shadowing = [
+        name
+        for name in KMR_REGISTERED_NAMES
+        if keras.saving.get_registered_object(name) not in (None, _KMRLoader)
+    ]
+    if shadowing:
+        warnings.warn(
+            f"KMR's own layer is registered in this process ({', '.join(shadowing)}, e.g. by "
+            "`import kerasfactory`), and Keras' registry takes precedence over custom_objects: "
+            "load_model will build KMR's layer, not glu_keras.GatedLinearUnit. Migrate in a "
+            "process that does not import KMR.",
+            stacklevel=2,
+        )
+    return dict.fromkeys(KMR_REGISTERED_NAMES, _KMRLoader)
+
+
+@keras.saving.register_keras_serializable(package="glu_keras.kmr")
+class KMRStyleGatedLinearUnit(keras.layers.Layer):
+    """Reference for benchmarks and tests: KMR's layer, ``Dense(U)(x) * Dense(U, "sigmoid")(x)``.
+
+    The same two sublayers as KMR (``linear`` and ``sigmoid``, glorot_uniform kernels, zero
+    biases), built in ``build()`` so their weights exist before the first call. Four variables, two
+    matmuls, Keras' own autodiff: the unfused baseline :class:`glu_keras.GatedLinearUnit` is
+    measured against.
+
+    Args:
+        units: width of the output, a positive ``int``.
+        name: the layer's name.
+        **kwargs: base ``keras.layers.Layer`` arguments.
+
+    Example:
+        >>> import keras
+        >>> from glu_keras._kmr import KMRStyleGatedLinearUnit
+        >>> tuple(KMRStyleGatedLinearUnit(8)(keras.random.normal((4, 16))).shape)
+        (4, 8)
+    """
+
+    def __init__(self, units: int, name: str | None = None, **kwargs: Any) -> None:
+        if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"units must be a positive integer, got {units}")
+        super().__init__(name=name, **kwargs)
+        self.units = units
+        self.linear = keras.layers.Dense(units, dtype=self.dtype_policy, name="linear")
+        self.sigmoid = keras.layers.Dense(
+            units, activation="sigmoid", dtype=self.dtype_policy, name="sigmoid"
+        )
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.linear.build(input_shape)
+        self.sigmoid.build(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        return self.linear(inputs) * self.sigmoid(inputs)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*tuple(input_shape)[:-1], self.units)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "units": self.units}

@@ -1,0 +1,71 @@
+"""``PerHalf``: an initializer that fills the value and gate halves of a packed GLU weight apart.
+
+A fused GLU keeps ``[W | V]`` in one (D, 2, U) kernel. Handing that shape to ``glorot_uniform``
+would compute its fans from (D, 2, U) (fan_in = 2D, fan_out = DU): the wrong statistics. ``PerHalf``
+calls the wrapped initializer once per half on the half's own shape, (D, U), exactly as two
+``Dense(U)`` layers (KMR's layout) would be initialized, and stacks the halves on the size-2 axis
+(the second to last).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+__all__ = ["PerHalf"]
+
+
+@keras.saving.register_keras_serializable(package="glu_keras")
+class PerHalf(keras.initializers.Initializer):
+    """Initializes each half of a packed (..., 2, U) weight as its own (..., U) weight.
+
+    Used by :class:`glu_keras.GatedLinearUnit` for its (D, 2, U) kernel and (2, U) bias, so that a
+    ``kernel_initializer`` such as ``"glorot_uniform"`` or ``"he_normal"`` gives each half the
+    statistics of a ``Dense(U)`` kernel of shape (D, U). The two halves never share values: an
+    initializer with a fixed integer seed is cloned with ``seed + 1`` for the gate half (Keras'
+    seeded initializers return the same values on every call).
+
+    Args:
+        initializer: the initializer applied to each half: a name, a config dict, an
+            ``Initializer`` or a callable ``(shape, dtype) -> tensor``.
+
+    Example:
+        >>> init = PerHalf("glorot_uniform")
+        >>> tuple(init((16, 2, 8)).shape)
+        (16, 2, 8)
+    """
+
+    def __init__(self, initializer: Any = "glorot_uniform") -> None:
+        if isinstance(initializer, PerHalf):
+            initializer = initializer.initializer
+        self.initializer = keras.initializers.get(initializer)
+
+    def __call__(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        shape = tuple(shape)
+        if len(shape) < 2 or shape[-2] != 2:
+            raise ValueError(
+                "PerHalf initializes packed GLU weights of shape (..., 2, U). "
+                f"Received: shape={shape}"
+            )
+        half = shape[:-2] + shape[-1:]
+        value = self.initializer(half, dtype=dtype)
+        gate = _reseeded(self.initializer)(half, dtype=dtype)
+        return keras.ops.stack([value, gate], axis=-2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initializer": keras.initializers.serialize(self.initializer)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PerHalf:
+        return cls(keras.initializers.deserialize(config["initializer"]))
+
+
+def _reseeded(initializer: Any) -> Any:
+    """The same initializer with its integer seed moved on by one, so the two halves differ."""
+    seed = getattr(initializer, "seed", None)
+    if isinstance(seed, int) and not isinstance(seed, bool) and hasattr(initializer, "get_config"):
+        config = initializer.get_config()
+        if "seed" in config:
+            return type(initializer).from_config({**config, "seed": seed + 1})
+    return initializer  # unseeded callables and SeedGenerator-seeded initializers differ per call

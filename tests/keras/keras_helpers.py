@@ -1,0 +1,25 @@
+"""Helpers shared by the Keras layer's tests (imported as ``keras_helpers``; no Keras at import)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+
+
+def to_numpy(x) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float32")))
+
+
+def numpy_glu(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, act=None) -> np.ndarray:
+    """float64 reference: ``a * act(g)``, ``[a | g] = x @ kernel + bias``, kernel (D, 2, U)."""
+    x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    h = np.einsum("...d,dku->...ku", x, kernel)
+    if bias is not None:
+        h = h + np.asarray(bias, np.float64)
+    a, g = h[..., 0, :], h[..., 1, :]
+    return a * (act(g) if act is not None else 1.0 / (1.0 + np.exp(-g)))

@@ -1,0 +1,179 @@
+"""JAX transforms on glu: jit, vmap (also over per-example weights), grad, reverse-over-reverse.
+
+The references: the float64 NumPy reference for values and first derivatives, and, for second
+derivatives, JAX's own autodiff of the unfused formula ``a * act(g)`` (every first derivative of glu
+goes through its custom VJP; the second derivatives differentiate that VJP's code).
+Sharding lives in tests/test_sharding.py (it needs 8 simulated devices, its own process).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+import jax.numpy as jnp  # noqa: E402
+
+import glu_kernels as gk  # noqa: E402
+from glu_kernels.reference import glu_reference, glu_reference_vjp  # noqa: E402
+
+ACTIVATIONS = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")
+_UNFUSED_ACT = {
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "gelu": lambda g: jax.nn.gelu(g, approximate=False),
+    "gelu_tanh": lambda g: jax.nn.gelu(g, approximate=True),
+    "relu": jax.nn.relu,
+    "linear": lambda g: g,
+}
+F64 = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    # tests/conftest.py switches x64 on for the whole process; these tests rely on it.
+    if not jax.config.jax_enable_x64:
+        pytest.skip("needs jax_enable_x64 (set in tests/conftest.py)")
+
+
+def _inputs(lead=(3, 5), d=8, u=6, seed=0, w3=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((*lead, d))
+    w = rng.standard_normal((d, 2, u)) / np.sqrt(d)
+    b = rng.standard_normal((2, u)) * 0.1
+    if not w3:
+        w, b = w.reshape(d, 2 * u), b.reshape(2 * u)
+    return jnp.asarray(x), jnp.asarray(w), jnp.asarray(b)
+
+
+def _unfused(x, w, b, activation):
+    h = x @ w.reshape(w.shape[0], -1) + b.reshape(-1)
+    a, g = jnp.split(h, 2, axis=-1)
+    return a * _UNFUSED_ACT[activation](g)
+
+
+@pytest.mark.parametrize("w3", [True, False], ids=["w_D2U", "w_D_2U"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_jax_jit(activation, w3):
+    x, w, b = _inputs(w3=w3)
+    fn = jax.jit(lambda x, w, b: gk.glu(x, w, b, activation=activation))
+    out = fn(x, w, b)
+    np.testing.assert_allclose(out, glu_reference(x, w, b, activation), **F64)
+    # float32 through the same jitted function (a retrace for the new dtype)
+    out32 = fn(x.astype(jnp.float32), w.astype(jnp.float32), b.astype(jnp.float32))
+    assert out32.dtype == jnp.float32
+    np.testing.assert_allclose(out32, glu_reference(x, w, b, activation), rtol=1e-4, atol=1e-5)
+
+
+def test_jax_jit_static_activation_argument():
+    x, w, b = _inputs()
+    fn = jax.jit(lambda x, w, b, act: gk.glu(x, w, b, activation=act), static_argnums=3)
+    for act in ("silu", "relu"):
+        np.testing.assert_allclose(fn(x, w, b, act), glu_reference(x, w, b, act), **F64)
+
+
+def test_jax_vmap_over_x():
+    x, w, b = _inputs(lead=(4, 3, 5))
+    out = jax.vmap(lambda xi: gk.glu(xi, w, b, activation="gelu"))(x)
+    np.testing.assert_allclose(out, glu_reference(x, w, b, "gelu"), **F64)
+
+
+@pytest.mark.parametrize("x_batched", [True, False])
+def test_jax_vmap_over_per_example_weights(x_batched):
+    n = 3
+    x, _, _ = _inputs(lead=(n, 5))
+    rng = np.random.default_rng(1)
+    ws = jnp.asarray(rng.standard_normal((n, 8, 2, 6)) / np.sqrt(8))
+    bs = jnp.asarray(rng.standard_normal((n, 2, 6)) * 0.1)
+    xs = x if x_batched else x[0]
+    fn = jax.jit(
+        jax.vmap(
+            lambda xi, wi, bi: gk.glu(xi, wi, bi, activation="silu"),
+            in_axes=(0 if x_batched else None, 0, 0),
+        )
+    )
+    out = fn(xs, ws, bs)
+    for i in range(n):
+        expected = glu_reference(x[i] if x_batched else x[0], ws[i], bs[i], "silu")
+        np.testing.assert_allclose(out[i], expected, **F64)
+
+
+@pytest.mark.parametrize("save", ["activations", "input"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_jax_grad(activation, save):
+    x, w, b = _inputs()
+    dy = jnp.asarray(np.random.default_rng(2).standard_normal((3, 5, 6)))
+
+    def loss(x, w, b):
+        return jnp.sum(gk.glu(x, w, b, activation=activation, save=save) * dy)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, w, b)
+    for got, want in zip(grads, glu_reference_vjp(x, w, b, dy, activation), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, **F64)
+
+
+def test_jax_per_example_gradients_vmap_of_grad():
+    x, w, b = _inputs(lead=(4, 5))
+
+    def loss(w, xi):
+        return jnp.sum(gk.glu(xi, w, b, activation="gelu_tanh") ** 2)
+
+    per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(w, x)
+    assert per_example.shape == (4, *w.shape)
+    for i in range(4):
+        np.testing.assert_allclose(per_example[i], jax.grad(loss)(w, x[i]), **F64)
+
+
+@pytest.mark.parametrize(
+    "activation,save",
+    [(a, "activations") for a in ACTIVATIONS] + [("silu", "input"), ("gelu", "input")],
+)
+def test_jax_reverse_over_reverse(activation, save):
+    """Second derivatives: grad of a function of the first derivatives (e.g. a gradient penalty)."""
+    x, w, b = _inputs(lead=(4,), d=5, u=3)
+
+    def make(fn):
+        def first(x, w, b):
+            return jax.grad(lambda x, w, b: jnp.sum(jnp.sin(fn(x, w, b))), argnums=(0, 1, 2))(
+                x, w, b
+            )
+
+        def penalty(x, w, b):
+            dx, dw, db = first(x, w, b)
+            return jnp.sum(dx**2) + jnp.sum(dw**2) + jnp.sum(jnp.cos(db))
+
+        return jax.jit(jax.grad(penalty, argnums=(0, 1, 2)))
+
+    got = make(lambda x, w, b: gk.glu(x, w, b, activation=activation, save=save))(x, w, b)
+    want = make(lambda x, w, b: _unfused(x, w, b, activation))(x, w, b)
+    for g_, w_ in zip(got, want, strict=True):
+        np.testing.assert_allclose(g_, w_, rtol=1e-9, atol=1e-11)
+
+
+def test_jax_hessian_vector_product_reverse_over_reverse():
+    x, w, b = _inputs(lead=(6,), d=4, u=3)
+    v = jnp.ones_like(w)
+
+    def hvp(fn):
+        loss = lambda w: jnp.sum(fn(x, w, b) ** 2)  # noqa: E731
+        return jax.jit(jax.grad(lambda w: jnp.vdot(jax.grad(loss)(w), v)))(w)
+
+    np.testing.assert_allclose(
+        hvp(lambda x, w, b: gk.glu(x, w, b, activation="silu")),
+        hvp(lambda x, w, b: _unfused(x, w, b, "silu")),
+        rtol=1e-9,
+        atol=1e-11,
+    )
+
+
+def test_jax_forward_mode_is_not_supported():
+    """glu is a jax.custom_vjp: reverse mode only. jvp/jacfwd/jax.hessian raise JAX's own error;
+    use reverse-over-reverse (jax.jacrev(jax.jacrev(f))) for Hessians."""
+    x, w, b = _inputs(lead=(2,), d=3, u=2)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda x: gk.glu(x, w, b), (x,), (x,))
+    hess = jax.jit(jax.jacrev(jax.jacrev(lambda x: jnp.sum(gk.glu(x, w, b)))))(x)
+    want = jax.jit(jax.jacrev(jax.jacrev(lambda x: jnp.sum(_unfused(x, w, b, "sigmoid")))))(x)
+    np.testing.assert_allclose(hess, want, rtol=1e-9, atol=1e-11)
