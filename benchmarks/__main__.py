@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import keras_step, machine, readme, report
@@ -19,22 +19,35 @@ from benchmarks.cases import BACKENDS, SHAPES, plan
 from benchmarks.timing import measure
 
 HERE = Path(__file__).parent
-CASE_MODULES = {"torch": "torch_cases", "jax": "jax_cases", "tensorflow": "tf_cases", "numpy": "numpy_cases"}
+CASE_MODULES = {
+    "torch": "torch_cases",
+    "jax": "jax_cases",
+    "tensorflow": "tf_cases",
+    "numpy": "numpy_cases",
+}
 MEMORY_BACKENDS = ("torch", "jax")  # TensorFlow exposes no per-op saved-tensor accounting
 
 
 def _args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="CI smoke: 2 small shapes, few reps (< 1 min)")
-    mode.add_argument("--full", action="store_true", help="adds 2048x4096->11008 and longer budgets")
+    mode.add_argument(
+        "--quick", action="store_true", help="CI smoke: 2 small shapes, few reps (< 1 min)"
+    )
+    mode.add_argument(
+        "--full", action="store_true", help="adds 2048x4096->11008 and longer budgets"
+    )
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
     p.add_argument("--shapes", default=None, help=f"comma-separated subset of {','.join(SHAPES)}")
     p.add_argument("--dtypes", default=None, help="comma-separated subset of float32,bfloat16")
-    p.add_argument("--activation", default="sigmoid", help="gate activation timed (default: sigmoid)")
+    p.add_argument(
+        "--activation", default="sigmoid", help="gate activation timed (default: sigmoid)"
+    )
     p.add_argument("--no-keras", action="store_true", help="skip the Keras training step")
     p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes measurement")
-    p.add_argument("--update-readme", action="store_true", help="rewrite the README's bench section")
+    p.add_argument(
+        "--update-readme", action="store_true", help="rewrite the README's bench section"
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="where latest.json/.png go")
     return p.parse_args(argv)
 
@@ -62,26 +75,44 @@ def main(argv=None) -> int:
     result: dict = {
         "mode": mode,
         "activation": args.activation,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.describe(tuple(mods)),
-        "plan": {"shapes": shapes, "dtypes": dtypes, "budget_s": pl.budget_s, "min_reps": pl.min_reps,
-                 "max_reps": pl.max_reps, "torch_compile": pl.compile_torch},
-        "shapes": {n: {"label": s.label, "B": s.batch, "D": s.features, "U": s.units}
-                   for n, s in SHAPES.items()},
+        "plan": {
+            "shapes": shapes,
+            "dtypes": dtypes,
+            "budget_s": pl.budget_s,
+            "min_reps": pl.min_reps,
+            "max_reps": pl.max_reps,
+            "torch_compile": pl.compile_torch,
+        },
+        "shapes": {
+            n: {"label": s.label, "B": s.batch, "D": s.features, "U": s.units}
+            for n, s in SHAPES.items()
+        },
         "timings": [],
         "memory": {},
         "keras": [],
     }
     m = result["machine"]
-    console.print(f"[bold]machine[/]: {m['cpu']}, {m['cores']} cores, avx512={m['avx512']}, amx={m['amx']}, "
-                  + ", ".join(f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow") if k in m)
-                  + f", threads torch={m.get('threads_torch')} tf={m.get('threads_tensorflow')}")
+    console.print(
+        f"[bold]machine[/]: {m['cpu']}, {m['cores']} cores, avx512={m['avx512']}, amx={m['amx']}, "
+        + ", ".join(f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow") if k in m)
+        + f", threads torch={m.get('threads_torch')} tf={m.get('threads_tensorflow')}"
+    )
 
     groups = [(b, s, d) for b in mods for s in shapes for d in dtypes]
     keras_backends = () if args.no_keras else ("jax", "torch", "tensorflow")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("benchmark", total=len(groups) + len(keras_backends) + (0 if args.no_memory else 1))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(
+            "benchmark", total=len(groups) + len(keras_backends) + (0 if args.no_memory else 1)
+        )
         for backend, shape_name, dtype in groups:
             shape = SHAPES[shape_name]
             progress.update(task, description=f"{backend} {shape.label} {dtype}")
@@ -97,17 +128,26 @@ def main(argv=None) -> int:
                 if "floor" not in fns or len(fns) < 2:
                     continue
                 try:
-                    stats = measure(fns, budget_s=pl.budget_s, min_reps=pl.min_reps, max_reps=pl.max_reps)
+                    stats = measure(
+                        fns, budget_s=pl.budget_s, min_reps=pl.min_reps, max_reps=pl.max_reps
+                    )
                 except Exception as e:  # noqa: BLE001
                     console.print(f"[red]{backend} {shape.label} {dtype} {phase}: {e!r}[/]")
                     continue
                 what = {v.key: v.what for v in variants}
                 for key, st in stats.items():
-                    result["timings"].append({
-                        "backend": backend, "shape": shape_name, "dtype": dtype, "phase": phase,
-                        "variant": key, "what": what[key], "stats": st.to_dict(),
-                        "ratio_to_floor": st.median / stats["floor"].median,
-                    })
+                    result["timings"].append(
+                        {
+                            "backend": backend,
+                            "shape": shape_name,
+                            "dtype": dtype,
+                            "phase": phase,
+                            "variant": key,
+                            "what": what[key],
+                            "stats": st.to_dict(),
+                            "ratio_to_floor": st.median / stats["floor"].median,
+                        }
+                    )
             del variants
             progress.advance(task)
         if not args.no_memory:
@@ -120,8 +160,10 @@ def main(argv=None) -> int:
                         continue
                     for dtype in dtypes:
                         per = result["memory"].setdefault(backend, {}).setdefault(shape_name, {})
-                        per[dtype] = {act: mods[backend].saved_bytes(SHAPES[shape_name], dtype, act)
-                                      for act in ("sigmoid", "silu")}
+                        per[dtype] = {
+                            act: mods[backend].saved_bytes(SHAPES[shape_name], dtype, act)
+                            for act in ("sigmoid", "silu")
+                        }
             progress.advance(task)
         for kb in keras_backends:
             progress.update(task, description=f"keras training step ({kb})")

@@ -55,7 +55,9 @@ class Plan:
 def plan(mode: str, backends: tuple[str, ...] | None = None) -> Plan:
     backends = backends or BACKENDS
     if mode == "quick":
-        return Plan(mode, ("seed", "tabular"), DTYPES, backends, 0.25, 3, 15, False, ("tabular",), 0.5)
+        return Plan(
+            mode, ("seed", "tabular"), DTYPES, backends, 0.25, 3, 15, False, ("tabular",), 0.5
+        )
     if mode == "full":
         return Plan(
             mode,
@@ -70,6 +72,14 @@ def plan(mode: str, backends: tuple[str, ...] | None = None) -> Plan:
             4.0,
         )
     return Plan(
-        mode, ("seed", "tabular", "ffn", "ffn-wide"), DTYPES, backends, 1.2, 3, 40, True,
-        ("tabular",), 2.0,
+        mode,
+        ("seed", "tabular", "ffn", "ffn-wide"),
+        DTYPES,
+        backends,
+        1.2,
+        3,
+        40,
+        True,
+        ("tabular",),
+        2.0,
     )

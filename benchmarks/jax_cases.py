@@ -11,8 +11,13 @@ import glu_kernels
 from benchmarks.cases import Shape
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
-_ACT = {"sigmoid": jax.nn.sigmoid, "silu": jax.nn.silu, "relu": jax.nn.relu,
-        "gelu": lambda g: jax.nn.gelu(g, approximate=False), "linear": lambda g: g}
+_ACT = {
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "gelu": lambda g: jax.nn.gelu(g, approximate=False),
+    "linear": lambda g: g,
+}
 
 
 def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
@@ -24,8 +29,17 @@ def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
         return jnp.asarray((rng.standard_normal(s) * scale).astype(np.float32)).astype(dt)
 
     w2, b2 = r(d, 2 * u, scale=d**-0.5), r(2 * u, scale=0.1)
-    return {"x": r(b_, d), "w2": w2, "b2": b2, "w": w2[:, :u], "v": w2[:, u:],
-            "bw": b2[:u], "bv": b2[u:], "dy": r(b_, u), "dh": r(b_, 2 * u)}
+    return {
+        "x": r(b_, d),
+        "w2": w2,
+        "b2": b2,
+        "w": w2[:, :u],
+        "v": w2[:, u:],
+        "bw": b2[:u],
+        "bv": b2[u:],
+        "dy": r(b_, u),
+        "dh": r(b_, 2 * u),
+    }
 
 
 def unfused(x, w, v, bw, bv, activation="sigmoid"):
@@ -51,7 +65,9 @@ def _vjp(fn, args, dy):
 
 def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -> list[Variant]:
     t = tensors(shape, dtype)
-    x, w2, b2, w, v, bw, bv, dy, dh = (t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh"))
+    x, w2, b2, w, v, bw, bv, dy, dh = (
+        t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh")
+    )
 
     def fused(x_, w_, b_):
         return glu_kernels.glu(x_, w_, b_, activation=activation)
@@ -64,24 +80,49 @@ def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -
 
     fused_train = jax.jit(lambda x_, w_, b_, dy_: _vjp(fused, (x_, w_, b_), dy_))
     unf_jit = jax.jit(unf)
-    unf_train_jit = jax.jit(lambda x_, w_, v_, bw_, bv_, dy_: _vjp(unf, (x_, w_, v_, bw_, bv_), dy_))
+    unf_train_jit = jax.jit(
+        lambda x_, w_, v_, bw_, bv_, dy_: _vjp(unf, (x_, w_, v_, bw_, bv_), dy_)
+    )
     floor_fwd = jax.jit(lambda x_, w_, b_: x_ @ w_ + b_)
     floor_train = jax.jit(lambda x_, w_, dh_: (x_ @ w_, dh_ @ w_.T, x_.T @ dh_))
     split = (x, w, v, bw, bv)
     out = [
-        Variant(FUSED, "glu_kernels.glu (jit inside); train: jit(vjp)",
-                lambda: _block(fused(x, w2, b2)), lambda: _block(fused_train(x, w2, b2, dy))),
-        Variant(UNFUSED, "x@W+b, x@V+b, act, mul, eager; jax.vjp eager",
-                lambda: _block(unf(*split)), lambda: _block(_vjp(unf, split, dy))),
-        Variant(PACKED, "x@W2+b, jax.nn.glu, eager" if activation == "sigmoid" else "x@W2+b, split, act, mul",
-                lambda: _block(pk(x, w2, b2)), lambda: _block(_vjp(pk, (x, w2, b2), dy))),
+        Variant(
+            FUSED,
+            "glu_kernels.glu (jit inside); train: jit(vjp)",
+            lambda: _block(fused(x, w2, b2)),
+            lambda: _block(fused_train(x, w2, b2, dy)),
+        ),
+        Variant(
+            UNFUSED,
+            "x@W+b, x@V+b, act, mul, eager; jax.vjp eager",
+            lambda: _block(unf(*split)),
+            lambda: _block(_vjp(unf, split, dy)),
+        ),
+        Variant(
+            PACKED,
+            "x@W2+b, jax.nn.glu, eager" if activation == "sigmoid" else "x@W2+b, split, act, mul",
+            lambda: _block(pk(x, w2, b2)),
+            lambda: _block(_vjp(pk, (x, w2, b2), dy)),
+        ),
     ]
     if compile_:
-        out.append(Variant(COMPILED, "jax.jit(unfused); train: jit(vjp(unfused))",
-                           lambda: _block(unf_jit(*split)),
-                           lambda: _block(unf_train_jit(*split, dy))))
-    out.append(Variant(FLOOR, "jit(x@W2+b); train: jit(x@W2, dh@W2^T, x^T@dh)",
-                       lambda: _block(floor_fwd(x, w2, b2)), lambda: _block(floor_train(x, w2, dh))))
+        out.append(
+            Variant(
+                COMPILED,
+                "jax.jit(unfused); train: jit(vjp(unfused))",
+                lambda: _block(unf_jit(*split)),
+                lambda: _block(unf_train_jit(*split, dy)),
+            )
+        )
+    out.append(
+        Variant(
+            FLOOR,
+            "jit(x@W2+b); train: jit(x@W2, dh@W2^T, x^T@dh)",
+            lambda: _block(floor_fwd(x, w2, b2)),
+            lambda: _block(floor_train(x, w2, dh)),
+        )
+    )
     return out
 
 
@@ -99,10 +140,14 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
     buffer size of the jitted train step (peak scratch beyond arguments and outputs)."""
     t = tensors(shape, dtype)
     cases = {
-        "fused (save=activations)": (lambda x, w2, b2: glu_kernels.glu(
-            x, w2, b2, activation=activation), ("x", "w2", "b2")),
-        "fused (save=input)": (lambda x, w2, b2: glu_kernels.glu(
-            x, w2, b2, activation=activation, save="input"), ("x", "w2", "b2")),
+        "fused (save=activations)": (
+            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation),
+            ("x", "w2", "b2"),
+        ),
+        "fused (save=input)": (
+            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation, save="input"),
+            ("x", "w2", "b2"),
+        ),
         "unfused": (lambda *a: unfused(*a, activation), ("x", "w", "v", "bw", "bv")),
         "packed": (lambda *a: packed(*a, activation), ("x", "w2", "b2")),
         "compiled": (jax.jit(lambda *a: unfused(*a, activation)), ("x", "w", "v", "bw", "bv")),

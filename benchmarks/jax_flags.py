@@ -47,17 +47,25 @@ def _child(shape: tuple[int, int, int], budget_s: float) -> dict:
         xn, wn = np.asarray(x, np.float32), np.asarray(w, np.float32)
         gemm = jax.jit(lambda x, w, b: x @ w + b)
         train = jax.jit(lambda x, w, b, dy: jax.vjp(lambda *a: glu_kernels.glu(*a), x, w, b)[1](dy))
-        stats = measure({
-            "numpy_gemm_f32": lambda: xn @ wn,
-            "jax_gemm": lambda: gemm(x, w, b).block_until_ready(),
-            "jax_glu": lambda: glu_kernels.glu(x, w, b).block_until_ready(),
-            "jax_glu_train": lambda: jax.block_until_ready(train(x, w, b, dy)),
-        }, budget_s=budget_s, min_reps=5)
+        stats = measure(
+            {
+                "numpy_gemm_f32": lambda: xn @ wn,
+                "jax_gemm": lambda: gemm(x, w, b).block_until_ready(),
+                "jax_glu": lambda: glu_kernels.glu(x, w, b).block_until_ready(),
+                "jax_glu_train": lambda: jax.block_until_ready(train(x, w, b, dy)),
+            },
+            budget_s=budget_s,
+            min_reps=5,
+        )
         ref = np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
-        err = float(np.max(np.abs(np.asarray(gemm(x, w, b), np.float64) - ref)) / np.max(np.abs(ref)))
+        err = float(
+            np.max(np.abs(np.asarray(gemm(x, w, b), np.float64) - ref)) / np.max(np.abs(ref))
+        )
         yard = stats["numpy_gemm_f32"].median
-        out[dtype] = {k: {"median_s": v.median, "iqr_pct": v.iqr_pct, "x_numpy_f32_gemm": v.median / yard}
-                      for k, v in stats.items()} | {"gemm_rel_err": err}
+        out[dtype] = {
+            k: {"median_s": v.median, "iqr_pct": v.iqr_pct, "x_numpy_f32_gemm": v.median / yard}
+            for k, v in stats.items()
+        } | {"gemm_rel_err": err}
     return out
 
 
@@ -66,10 +74,19 @@ def run(shape=(2048, 1024, 1024), budget_s: float = 3.0, rounds: int = 2, config
     results: dict = {name: [] for name in configs}
     names = list(configs)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            env = dict(os.environ, XLA_FLAGS=configs[name], OPENBLAS_NUM_THREADS="1")  # a quiet yardstick
-            cmd = [sys.executable, "-m", "benchmarks.jax_flags", "--child", ",".join(map(str, shape)), str(budget_s)]
+            env = dict(
+                os.environ, XLA_FLAGS=configs[name], OPENBLAS_NUM_THREADS="1"
+            )  # a quiet yardstick
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.jax_flags",
+                "--child",
+                ",".join(map(str, shape)),
+                str(budget_s),
+            ]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             lines = [l_ for l_ in proc.stdout.splitlines() if l_.startswith("{")]
             if proc.returncode or not lines:
@@ -86,13 +103,17 @@ def run(shape=(2048, 1024, 1024), budget_s: float = 3.0, rounds: int = 2, config
             continue
         summary[name] = {"flags": configs[name]}
         for dtype in ("float32", "bfloat16"):
-            summary[name][dtype] = {
-                k: statistics.median(x[dtype][k]["x_numpy_f32_gemm"] for x in ok)
-                for k in ("jax_gemm", "jax_glu", "jax_glu_train")
-            } | {
-                f"{k}_ms": 1e3 * statistics.median(x[dtype][k]["median_s"] for x in ok)
-                for k in ("jax_gemm", "jax_glu", "jax_glu_train")
-            } | {"gemm_rel_err": max(x[dtype]["gemm_rel_err"] for x in ok)}
+            summary[name][dtype] = (
+                {
+                    k: statistics.median(x[dtype][k]["x_numpy_f32_gemm"] for x in ok)
+                    for k in ("jax_gemm", "jax_glu", "jax_glu_train")
+                }
+                | {
+                    f"{k}_ms": 1e3 * statistics.median(x[dtype][k]["median_s"] for x in ok)
+                    for k in ("jax_gemm", "jax_glu", "jax_glu_train")
+                }
+                | {"gemm_rel_err": max(x[dtype]["gemm_rel_err"] for x in ok)}
+            )
     return {"shape": shape, "rounds": rounds, "summary": summary, "raw": results}
 
 
@@ -107,17 +128,21 @@ def main() -> None:
     path = Path(__file__).parent / "results" / "jax_flags.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"shape {res['shape']}: times as multiples of a NumPy float32 GEMM of the same shape "
-          "(lower is better), median of rounds")
+    print(
+        f"shape {res['shape']}: times as multiples of a NumPy float32 GEMM of the same shape "
+        "(lower is better), median of rounds"
+    )
     for name, s in res["summary"].items():
         if "error" in s:
             print(f"{name:28s} {s['flags']!r}: ERROR {s['error']}")
             continue
-        cells = "  ".join(f"{dt[:4]} gemm {s[dt]['jax_gemm']:.2f} ({s[dt]['jax_gemm_ms']:.1f} ms) "
-                          f"glu {s[dt]['jax_glu']:.2f} ({s[dt]['jax_glu_ms']:.1f}) "
-                          f"train {s[dt]['jax_glu_train']:.2f} ({s[dt]['jax_glu_train_ms']:.1f}) "
-                          f"err {s[dt]['gemm_rel_err']:.1e}"
-                          for dt in ("float32", "bfloat16"))
+        cells = "  ".join(
+            f"{dt[:4]} gemm {s[dt]['jax_gemm']:.2f} ({s[dt]['jax_gemm_ms']:.1f} ms) "
+            f"glu {s[dt]['jax_glu']:.2f} ({s[dt]['jax_glu_ms']:.1f}) "
+            f"train {s[dt]['jax_glu_train']:.2f} ({s[dt]['jax_glu_train_ms']:.1f}) "
+            f"err {s[dt]['gemm_rel_err']:.1e}"
+            for dt in ("float32", "bfloat16")
+        )
         print(f"{name:28s} {cells}   [{s['flags']}]")
     print(f"wrote {path}")
 

@@ -13,7 +13,9 @@ import sys
 from benchmarks.cases import SHAPES
 
 
-def run(backend: str, shapes: tuple[str, ...], dtype: str, budget_s: float, timeout_s: float = 180) -> dict:
+def run(
+    backend: str, shapes: tuple[str, ...], dtype: str, budget_s: float, timeout_s: float = 180
+) -> dict:
     env = dict(os.environ, KERAS_BACKEND=backend)
     cmd = [sys.executable, "-m", "benchmarks.keras_step", ",".join(shapes), dtype, str(budget_s)]
     try:
@@ -50,7 +52,10 @@ def _child(shape_names: str, dtype: str, budget_s: float) -> dict:
         x = rng.standard_normal((s.batch, s.features)).astype("float32")
         y = rng.standard_normal((s.batch, s.units)).astype("float32")
         models = {}
-        for key, layer_cls in (("glu_keras", GatedLinearUnit), ("kmr_style", KMRStyleGatedLinearUnit)):
+        for key, layer_cls in (
+            ("glu_keras", GatedLinearUnit),
+            ("kmr_style", KMRStyleGatedLinearUnit),
+        ):
             keras.utils.set_random_seed(0)
             inp = keras.Input((s.features,))
             model = keras.Model(inp, layer_cls(units=s.units)(inp))
@@ -61,13 +66,21 @@ def _child(shape_names: str, dtype: str, budget_s: float) -> dict:
             return lambda: float(m.train_on_batch(x, y))  # float(): synchronises every backend
 
         stats = measure({k: step(m) for k, m in models.items()}, budget_s=budget_s, warmup=3)
-        results.append({
-            "shape": name, "label": s.label,
-            "stats": {k: v.to_dict() for k, v in stats.items()},
-            "ratio_glu_to_kmr": stats["glu_keras"].median / stats["kmr_style"].median,
-        })
-    return {"backend": backend, "keras": keras.__version__, "dtype_policy": keras.config.dtype_policy().name,
-            "jit_compile": "auto", "results": results}
+        results.append(
+            {
+                "shape": name,
+                "label": s.label,
+                "stats": {k: v.to_dict() for k, v in stats.items()},
+                "ratio_glu_to_kmr": stats["glu_keras"].median / stats["kmr_style"].median,
+            }
+        )
+    return {
+        "backend": backend,
+        "keras": keras.__version__,
+        "dtype_policy": keras.config.dtype_policy().name,
+        "jit_compile": "auto",
+        "results": results,
+    }
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ def _cpu_model_and_flags() -> tuple[str, list[str]]:
     if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
         model = m.group(1).strip()
     if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
-        flags = sorted(f for f in m.group(1).split() if re.match(r"avx512|amx|avx_vnni|avx2|fma", f))
+        flags = sorted(
+            f for f in m.group(1).split() if re.match(r"avx512|amx|avx_vnni|avx2|fma", f)
+        )
     return model, flags
 
 
@@ -53,8 +55,15 @@ def describe(backends: tuple[str, ...]) -> dict:
     return info
 
 
-_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "TF_NUM_INTEROP_THREADS",
-             "TF_NUM_INTRAOP_THREADS", "ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
+_ENV_KEYS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "XLA_FLAGS",
+    "TF_NUM_INTEROP_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "ONEDNN_MAX_CPU_ISA",
+    "TF_ENABLE_ONEDNN_OPTS",
+)
 
 
 def _framework(name: str) -> dict:
@@ -65,23 +74,30 @@ def _framework(name: str) -> dict:
             "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_mkldnn": torch.backends.mkldnn.is_available(),
-            "threads_torch": {"intra_op": torch.get_num_threads(),
-                              "inter_op": torch.get_num_interop_threads()},
+            "threads_torch": {
+                "intra_op": torch.get_num_threads(),
+                "inter_op": torch.get_num_interop_threads(),
+            },
         }
     if name == "jax":
         import jax
         import jaxlib
 
-        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                "jax_devices": [str(d) for d in jax.devices()]}
+        return {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "jax_devices": [str(d) for d in jax.devices()],
+        }
     if name == "tensorflow":
         import tensorflow as tf
 
         return {
             "tensorflow": tf.__version__,
             "threads_tensorflow": {
-                "intra_op": tf.config.threading.get_intra_op_parallelism_threads() or "default (cores)",
-                "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or "default (cores)",
+                "intra_op": tf.config.threading.get_intra_op_parallelism_threads()
+                or "default (cores)",
+                "inter_op": tf.config.threading.get_inter_op_parallelism_threads()
+                or "default (cores)",
             },
         }
     if name == "numpy":

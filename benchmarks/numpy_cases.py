@@ -24,6 +24,8 @@ def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -
     w, v, bw, bv = w2[:, :u].copy(), w2[:, u:].copy(), b2[:u].copy(), b2[u:].copy()
     return [
         Variant(FUSED, "glu_kernels.glu", lambda: glu_kernels.glu(x, w2, b2), None),
-        Variant(UNFUSED, "x@W+b, x@V+b, sigmoid, mul", lambda: (x @ w + bw) * _sigmoid(x @ v + bv), None),
+        Variant(
+            UNFUSED, "x@W+b, x@V+b, sigmoid, mul", lambda: (x @ w + bw) * _sigmoid(x @ v + bv), None
+        ),
         Variant(FLOOR, "x@W2+b", lambda: x @ w2 + b2, None),
     ]

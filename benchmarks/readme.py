@@ -25,10 +25,16 @@ def section(result: dict, png: str) -> str:
         "",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, AVX-512: {'yes' if m.get('avx512') else 'no'}, "
         f"AMX: {'yes' if m.get('amx') else 'no (not exposed)'}; "
-        + ", ".join(f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow", "numpy") if isinstance(m.get(k), str))
+        + ", ".join(
+            f"{k} {m[k]}"
+            for k in ("torch", "jax", "tensorflow", "numpy")
+            if isinstance(m.get(k), str)
+        )
         + f"; threads: torch {m.get('threads_torch', {})}, TF {m.get('threads_tensorflow', {})}.",
         "",
-        "| backend | shape | dtype | phase | floor ms | " + " | ".join(LABELS[v] for v in variants) + " |",
+        "| backend | shape | dtype | phase | floor ms | "
+        + " | ".join(LABELS[v] for v in variants)
+        + " |",
         "|---|---|---|---|---:|" + "---:|" * len(variants),
     ]
     for (backend, shape, dtype, phase), row in idx.items():
@@ -42,19 +48,32 @@ def section(result: dict, png: str) -> str:
                 cells.append(f"{s['median'] / f:.2f}x ({s['iqr_pct']:.0f}%)")
             else:
                 cells.append("-")
-        lines.append(f"| {backend} | {result['shapes'][shape]['label']} | {dtype} | {phase} | "
-                     f"{f * 1e3:.3g} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {backend} | {result['shapes'][shape]['label']} | {dtype} | {phase} | "
+            f"{f * 1e3:.3g} | " + " | ".join(cells) + " |"
+        )
     rows = targets(result)
     if rows:
-        lines += ["", "| target | backend | shape | dtype | measured | met |", "|---|---|---|---|---:|---|"]
+        lines += [
+            "",
+            "| target | backend | shape | dtype | measured | met |",
+            "|---|---|---|---|---:|---|",
+        ]
         for r in rows:
             met = {True: "yes", False: "**no**", None: ""}[r["met"]]
-            lines.append(f"| {r['target']} | {r['backend']} | {result['shapes'][r['shape']]['label']} | "
-                         f"{r['dtype']} | {r['value']:.3f} | {met} |")
+            lines.append(
+                f"| {r['target']} | {r['backend']} | {result['shapes'][r['shape']]['label']} | "
+                f"{r['dtype']} | {r['value']:.3f} | {met} |"
+            )
     keras_rows = [(k, r) for k in result.get("keras", []) for r in k.get("results", [])]
     if keras_rows:
-        lines += ["", "Keras training step, `GatedLinearUnit` / KMR-style two-Dense layer: "
-                  + ", ".join(f"{k['backend']} {r['label']} {r['ratio_glu_to_kmr']:.2f}x" for k, r in keras_rows)]
+        lines += [
+            "",
+            "Keras training step, `GatedLinearUnit` / KMR-style two-Dense layer: "
+            + ", ".join(
+                f"{k['backend']} {r['label']} {r['ratio_glu_to_kmr']:.2f}x" for k, r in keras_rows
+            ),
+        ]
     lines += ["", f"![each variant as % of its GEMM floor]({png})", "", END]
     return "\n".join(lines)
 

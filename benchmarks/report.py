@@ -33,32 +33,76 @@ def targets(result: dict) -> list[dict]:
             return sa["median"] / sb["median"], (sa["q1"] / sb["q3"], sa["q3"] / sb["q1"])
         return None, None
 
-    for (backend, shape, dtype, phase) in idx:
+    for backend, shape, dtype, phase in idx:
         if phase == "forward" and shape not in ("seed",) and backend != "numpy":
             r, (lo, hi) = ratio((backend, shape, dtype, phase), FUSED)
             if r is not None:
-                rows.append(dict(target="forward fused/GEMM floor <= 1.05", backend=backend, shape=shape,
-                                 dtype=dtype, value=r, spread=(lo, hi), met=r <= 1.05))
+                rows.append(
+                    dict(
+                        target="forward fused/GEMM floor <= 1.05",
+                        backend=backend,
+                        shape=shape,
+                        dtype=dtype,
+                        value=r,
+                        spread=(lo, hi),
+                        met=r <= 1.05,
+                    )
+                )
         if phase == "train" and shape == "ffn":
             r, sp = ratio((backend, shape, dtype, phase), FUSED)
             if r is not None:
-                rows.append(dict(target="train fused/3-GEMM floor <= 1.10", backend=backend, shape=shape,
-                                 dtype=dtype, value=r, spread=sp, met=r <= 1.10))
+                rows.append(
+                    dict(
+                        target="train fused/3-GEMM floor <= 1.10",
+                        backend=backend,
+                        shape=shape,
+                        dtype=dtype,
+                        value=r,
+                        spread=sp,
+                        met=r <= 1.10,
+                    )
+                )
             r, sp = ratio((backend, shape, dtype, phase), FUSED, UNFUSED)
             if r is not None:
-                rows.append(dict(target="train fused/unfused <= 0.90", backend=backend, shape=shape,
-                                 dtype=dtype, value=r, spread=sp, met=r <= 0.90))
+                rows.append(
+                    dict(
+                        target="train fused/unfused <= 0.90",
+                        backend=backend,
+                        shape=shape,
+                        dtype=dtype,
+                        value=r,
+                        spread=sp,
+                        met=r <= 0.90,
+                    )
+                )
         if backend == "torch" and shape == "seed" and phase == "forward" and dtype == "float32":
             r, sp = ratio((backend, shape, dtype, phase), FUSED)
             if r is not None:
-                rows.append(dict(target="small: torch glu / addmm <= 1.5", backend=backend, shape=shape,
-                                 dtype=dtype, value=r, spread=sp, met=r <= 1.5))
+                rows.append(
+                    dict(
+                        target="small: torch glu / addmm <= 1.5",
+                        backend=backend,
+                        shape=shape,
+                        dtype=dtype,
+                        value=r,
+                        spread=sp,
+                        met=r <= 1.5,
+                    )
+                )
         if backend == "torch" and dtype == "bfloat16" and shape != "seed":
             r, sp = ratio((backend, shape, dtype, phase), FUSED)
             if r is not None:
-                rows.append(dict(target=f"bf16 torch {phase}: floor/fused >= 0.80", backend=backend,
-                                 shape=shape, dtype=dtype, value=1 / r,
-                                 spread=(1 / sp[1], 1 / sp[0]), met=1 / r >= 0.80))
+                rows.append(
+                    dict(
+                        target=f"bf16 torch {phase}: floor/fused >= 0.80",
+                        backend=backend,
+                        shape=shape,
+                        dtype=dtype,
+                        value=1 / r,
+                        spread=(1 / sp[1], 1 / sp[0]),
+                        met=1 / r >= 0.80,
+                    )
+                )
     for backend, per_shape in result.get("memory", {}).items():
         for shape, per_dtype in per_shape.items():
             for dtype, m in per_dtype.items():
@@ -68,18 +112,42 @@ def targets(result: dict) -> list[dict]:
                 f, u = mm["fused (save=activations)"], mm["unfused"]
                 if u["activation_bytes"]:
                     r = f["activation_bytes"] / u["activation_bytes"]
-                    rows.append(dict(target="SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3",
-                                     backend=backend, shape=shape, dtype=dtype, value=r, spread=None,
-                                     met=r <= 2 / 3 + 1e-9))
+                    rows.append(
+                        dict(
+                            target="SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3",
+                            backend=backend,
+                            shape=shape,
+                            dtype=dtype,
+                            value=r,
+                            spread=None,
+                            met=r <= 2 / 3 + 1e-9,
+                        )
+                    )
                     r_t = f["total_bytes"] / u["total_bytes"]
-                    rows.append(dict(target="SwiGLU saved (all incl. x,w,b) fused/unfused",
-                                     backend=backend, shape=shape, dtype=dtype, value=r_t, spread=None,
-                                     met=None))
+                    rows.append(
+                        dict(
+                            target="SwiGLU saved (all incl. x,w,b) fused/unfused",
+                            backend=backend,
+                            shape=shape,
+                            dtype=dtype,
+                            value=r_t,
+                            spread=None,
+                            met=None,
+                        )
+                    )
                 inp = mm["fused (save=input)"]
                 rel = inp["largest_saved_non_input_elems"] / inp["B*U"]
-                rows.append(dict(target="save=input: largest saved non-input/(B*U) < 1",
-                                 backend=backend, shape=shape, dtype=dtype, value=rel, spread=None,
-                                 met=rel < 1))
+                rows.append(
+                    dict(
+                        target="save=input: largest saved non-input/(B*U) < 1",
+                        backend=backend,
+                        shape=shape,
+                        dtype=dtype,
+                        value=rel,
+                        spread=None,
+                        met=rel < 1,
+                    )
+                )
     return rows
 
 
@@ -89,11 +157,16 @@ def print_tables(result: dict, console) -> None:
     idx = _index(result["timings"])
     backends = dict.fromkeys(k[0] for k in idx)
     for backend in backends:
-        table = Table(title=f"{backend}: median time as x GEMM floor (IQR % of median)",
-                      title_justify="left")
+        table = Table(
+            title=f"{backend}: median time as x GEMM floor (IQR % of median)", title_justify="left"
+        )
         for col in ("shape", "dtype", "phase", "floor ms"):
             table.add_column(col)
-        present = [v for v in ORDER if v != FLOOR and any(v in row for k, row in idx.items() if k[0] == backend)]
+        present = [
+            v
+            for v in ORDER
+            if v != FLOOR and any(v in row for k, row in idx.items() if k[0] == backend)
+        ]
         for v in present:
             table.add_column(LABELS[v], justify="right")
         for (b, shape, dtype, phase), row in idx.items():
@@ -109,29 +182,68 @@ def print_tables(result: dict, console) -> None:
                 r = s["median"] / floor["median"]
                 style = "green" if r <= 1.05 else ("yellow" if r <= 1.25 else "red")
                 cells.append(f"[{style}]{r:.2f}x[/] ({s['iqr_pct']:.0f}%)")
-            table.add_row(result["shapes"][shape]["label"], dtype, phase,
-                          f"{floor['median'] * 1e3:.3g} ({floor['iqr_pct']:.0f}%)", *cells)
+            table.add_row(
+                result["shapes"][shape]["label"],
+                dtype,
+                phase,
+                f"{floor['median'] * 1e3:.3g} ({floor['iqr_pct']:.0f}%)",
+                *cells,
+            )
         console.print(table)
     if result.get("memory"):
-        table = Table(title="bytes saved for backward (beyond x, w, b) / total", title_justify="left")
-        for col in ("backend", "shape", "dtype", "act", "fused", "fused save=input", "unfused", "packed",
-                    "fused/unfused"):
+        table = Table(
+            title="bytes saved for backward (beyond x, w, b) / total", title_justify="left"
+        )
+        for col in (
+            "backend",
+            "shape",
+            "dtype",
+            "act",
+            "fused",
+            "fused save=input",
+            "unfused",
+            "packed",
+            "fused/unfused",
+        ):
             table.add_column(col)
         for backend, per_shape in result["memory"].items():
             for shape, per_dtype in per_shape.items():
                 for dtype, per_act in per_dtype.items():
                     for act, m in per_act.items():
+
                         def f(k):
-                            return (f"{m[k]['activation_bytes'] / 2**20:.2f} / "
-                                    f"{m[k]['total_bytes'] / 2**20:.2f} MiB") if k in m else "-"
+                            return (
+                                (
+                                    f"{m[k]['activation_bytes'] / 2**20:.2f} / "
+                                    f"{m[k]['total_bytes'] / 2**20:.2f} MiB"
+                                )
+                                if k in m
+                                else "-"
+                            )
+
                         u = m["unfused"]["activation_bytes"]
-                        r = m["fused (save=activations)"]["activation_bytes"] / u if u else float("nan")
-                        table.add_row(backend, result["shapes"][shape]["label"], dtype, act,
-                                      f("fused (save=activations)"), f("fused (save=input)"),
-                                      f("unfused"), f("packed"), f"{r:.3f}")
+                        r = (
+                            m["fused (save=activations)"]["activation_bytes"] / u
+                            if u
+                            else float("nan")
+                        )
+                        table.add_row(
+                            backend,
+                            result["shapes"][shape]["label"],
+                            dtype,
+                            act,
+                            f("fused (save=activations)"),
+                            f("fused (save=input)"),
+                            f("unfused"),
+                            f("packed"),
+                            f"{r:.3f}",
+                        )
         console.print(table)
     if result.get("keras"):
-        table = Table(title="Keras training step (train_on_batch): glu_keras / KMR-style", title_justify="left")
+        table = Table(
+            title="Keras training step (train_on_batch): glu_keras / KMR-style",
+            title_justify="left",
+        )
         for col in ("backend", "shape", "glu_keras ms", "kmr_style ms", "ratio"):
             table.add_column(col)
         for k in result["keras"]:
@@ -140,20 +252,34 @@ def print_tables(result: dict, console) -> None:
                 continue
             for r in k["results"]:
                 g, m = r["stats"]["glu_keras"], r["stats"]["kmr_style"]
-                table.add_row(k["backend"], r["label"], f"{g['median'] * 1e3:.3g} ({g['iqr_pct']:.0f}%)",
-                              f"{m['median'] * 1e3:.3g} ({m['iqr_pct']:.0f}%)", f"{r['ratio_glu_to_kmr']:.2f}x")
+                table.add_row(
+                    k["backend"],
+                    r["label"],
+                    f"{g['median'] * 1e3:.3g} ({g['iqr_pct']:.0f}%)",
+                    f"{m['median'] * 1e3:.3g} ({m['iqr_pct']:.0f}%)",
+                    f"{r['ratio_glu_to_kmr']:.2f}x",
+                )
         console.print(table)
     rows = targets(result)
     if rows:
-        table = Table(title="targets (issue 5); spread = [q1/q3', q3/q1'] of the two distributions",
-                      title_justify="left")
+        table = Table(
+            title="targets (issue 5); spread = [q1/q3', q3/q1'] of the two distributions",
+            title_justify="left",
+        )
         for col in ("target", "backend", "shape", "dtype", "measured", "spread", "met"):
             table.add_column(col)
         for r in rows:
             sp = f"{r['spread'][0]:.2f}-{r['spread'][1]:.2f}" if r["spread"] else ""
             met = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[r["met"]]
-            table.add_row(r["target"], r["backend"], result["shapes"][r["shape"]]["label"], r["dtype"],
-                          f"{r['value']:.3f}", sp, met)
+            table.add_row(
+                r["target"],
+                r["backend"],
+                result["shapes"][r["shape"]]["label"],
+                r["dtype"],
+                f"{r['value']:.3f}",
+                sp,
+                met,
+            )
         console.print(table)
 
 
@@ -170,12 +296,21 @@ def plot(result: dict, path: Path) -> None:
 
     idx = _index(result["timings"])
     backends = [b for b in dict.fromkeys(k[0] for k in idx)]
-    fig, axes = plt.subplots(len(PHASES), len(backends), figsize=(4.2 * len(backends), 7), squeeze=False)
-    colors = {v: c for v, c in zip(ORDER, ("tab:green", "tab:red", "tab:orange", "tab:purple", "tab:gray"))}
+    fig, axes = plt.subplots(
+        len(PHASES), len(backends), figsize=(4.2 * len(backends), 7), squeeze=False
+    )
+    colors = {
+        v: c
+        for v, c in zip(ORDER, ("tab:green", "tab:red", "tab:orange", "tab:purple", "tab:gray"))
+    }
     for i, phase in enumerate(PHASES):
         for j, backend in enumerate(backends):
             ax = axes[i][j]
-            groups = [(k, row) for k, row in idx.items() if k[0] == backend and k[3] == phase and FLOOR in row]
+            groups = [
+                (k, row)
+                for k, row in idx.items()
+                if k[0] == backend and k[3] == phase and FLOOR in row
+            ]
             variants = [v for v in ORDER if v != FLOOR and any(v in row for _, row in groups)]
             width = 0.8 / max(1, len(variants))
             for n, v in enumerate(variants):
@@ -190,16 +325,26 @@ def plot(result: dict, path: Path) -> None:
                 ax.bar(xs, ys, width, yerr=err, label=LABELS[v], color=colors[v], capsize=2)
             ax.axhline(100, color="k", lw=0.8)
             ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-            ax.set_xticklabels([f"{result['shapes'][k[1]]['label']}\n{k[2].replace('float', 'f').replace('bf', 'bf')}"
-                                for k, _ in groups], fontsize=6, rotation=45, ha="right")
+            ax.set_xticklabels(
+                [
+                    f"{result['shapes'][k[1]]['label']}\n{k[2].replace('float', 'f').replace('bf', 'bf')}"
+                    for k, _ in groups
+                ],
+                fontsize=6,
+                rotation=45,
+                ha="right",
+            )
             ax.set_yscale("log")
             ax.set_title(f"{backend} {phase}", fontsize=9)
             if j == 0:
                 ax.set_ylabel("% of GEMM floor (log)")
             if i == 0 and j == len(backends) - 1:
                 ax.legend(fontsize=6)
-    fig.suptitle("each variant as % of its GEMM floor (forward: x@[W|V]+b; train: 3 GEMMs); "
-                 "bars: median, whiskers: IQR", fontsize=9)
+    fig.suptitle(
+        "each variant as % of its GEMM floor (forward: x@[W|V]+b; train: 3 GEMMs); "
+        "bars: median, whiskers: IQR",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -10,8 +10,13 @@ import glu_kernels
 from benchmarks.cases import Shape
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
-_ACT = {"sigmoid": tf.math.sigmoid, "silu": tf.nn.silu, "relu": tf.nn.relu,
-        "gelu": lambda g: tf.nn.gelu(g, approximate=False), "linear": lambda g: g}
+_ACT = {
+    "sigmoid": tf.math.sigmoid,
+    "silu": tf.nn.silu,
+    "relu": tf.nn.relu,
+    "gelu": lambda g: tf.nn.gelu(g, approximate=False),
+    "linear": lambda g: g,
+}
 
 
 def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
@@ -22,14 +27,23 @@ def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
         return tf.cast(tf.constant((rng.standard_normal(s) * scale).astype(np.float32)), dtype)
 
     w2, b2 = r(d, 2 * u, scale=d**-0.5), r(2 * u, scale=0.1)
-    return {"x": r(b_, d), "w2": w2, "b2": b2, "w": tf.identity(w2[:, :u]),
-            "v": tf.identity(w2[:, u:]), "bw": tf.identity(b2[:u]), "bv": tf.identity(b2[u:]),
-            "dy": r(b_, u), "dh": r(b_, 2 * u)}
+    return {
+        "x": r(b_, d),
+        "w2": w2,
+        "b2": b2,
+        "w": tf.identity(w2[:, :u]),
+        "v": tf.identity(w2[:, u:]),
+        "bw": tf.identity(b2[:u]),
+        "bv": tf.identity(b2[u:]),
+        "dy": r(b_, u),
+        "dh": r(b_, 2 * u),
+    }
 
 
 def unfused(x, w, v, bw, bv, activation="sigmoid"):
     return tf.nn.bias_add(tf.linalg.matmul(x, w), bw) * _ACT[activation](
-        tf.nn.bias_add(tf.linalg.matmul(x, v), bv))
+        tf.nn.bias_add(tf.linalg.matmul(x, v), bv)
+    )
 
 
 def packed(x, w2, b2, activation="sigmoid"):
@@ -51,7 +65,9 @@ def _grad(fn, args, dy):
 
 def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -> list[Variant]:
     t = tensors(shape, dtype)
-    x, w2, b2, w, v, bw, bv, dy, dh = (t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh"))
+    x, w2, b2, w, v, bw, bv, dy, dh = (
+        t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh")
+    )
 
     def fused(x_, w_, b_):
         return glu_kernels.glu(x_, w_, b_, activation=activation)
@@ -64,25 +80,50 @@ def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -
 
     split = (x, w, v, bw, bv)
     out = [
-        Variant(FUSED, "glu_kernels.glu, eager; GradientTape",
-                lambda: _numpy(fused(x, w2, b2)), lambda: _numpy(_grad(fused, (x, w2, b2), dy))),
-        Variant(UNFUSED, "matmul x2, bias_add, act, mul, eager; GradientTape",
-                lambda: _numpy(unf(*split)), lambda: _numpy(_grad(unf, split, dy))),
-        Variant(PACKED, "matmul, bias_add, split, act, mul, eager",
-                lambda: _numpy(pk(x, w2, b2)), lambda: _numpy(_grad(pk, (x, w2, b2), dy))),
+        Variant(
+            FUSED,
+            "glu_kernels.glu, eager; GradientTape",
+            lambda: _numpy(fused(x, w2, b2)),
+            lambda: _numpy(_grad(fused, (x, w2, b2), dy)),
+        ),
+        Variant(
+            UNFUSED,
+            "matmul x2, bias_add, act, mul, eager; GradientTape",
+            lambda: _numpy(unf(*split)),
+            lambda: _numpy(_grad(unf, split, dy)),
+        ),
+        Variant(
+            PACKED,
+            "matmul, bias_add, split, act, mul, eager",
+            lambda: _numpy(pk(x, w2, b2)),
+            lambda: _numpy(_grad(pk, (x, w2, b2), dy)),
+        ),
     ]
     if compile_:
         unf_jit = tf.function(unf, jit_compile=True)
         unf_train_jit = tf.function(lambda *a: _grad(unf, a[:-1], a[-1]), jit_compile=True)
-        out.append(Variant(COMPILED, "tf.function(unfused, jit_compile=True)",
-                           lambda: _numpy(unf_jit(*split)),
-                           lambda: _numpy(unf_train_jit(*split, dy))))
+        out.append(
+            Variant(
+                COMPILED,
+                "tf.function(unfused, jit_compile=True)",
+                lambda: _numpy(unf_jit(*split)),
+                lambda: _numpy(unf_train_jit(*split, dy)),
+            )
+        )
 
     def floor_train():
-        return (tf.linalg.matmul(x, w2), tf.linalg.matmul(dh, w2, transpose_b=True),
-                tf.linalg.matmul(x, dh, transpose_a=True))
+        return (
+            tf.linalg.matmul(x, w2),
+            tf.linalg.matmul(dh, w2, transpose_b=True),
+            tf.linalg.matmul(x, dh, transpose_a=True),
+        )
 
-    out.append(Variant(FLOOR, "matmul + bias_add; train: 3 matmuls, eager",
-                       lambda: _numpy(tf.nn.bias_add(tf.linalg.matmul(x, w2), b2)),
-                       lambda: _numpy(floor_train())))
+    out.append(
+        Variant(
+            FLOOR,
+            "matmul + bias_add; train: 3 matmuls, eager",
+            lambda: _numpy(tf.nn.bias_add(tf.linalg.matmul(x, w2), b2)),
+            lambda: _numpy(floor_train()),
+        )
+    )
     return out

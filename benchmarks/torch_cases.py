@@ -11,8 +11,13 @@ import glu_kernels
 from benchmarks.cases import Shape
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
-_ACT = {"sigmoid": torch.sigmoid, "silu": F.silu, "relu": torch.relu,
-        "gelu": F.gelu, "linear": lambda g: g}
+_ACT = {
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "relu": torch.relu,
+    "gelu": F.gelu,
+    "linear": lambda g: g,
+}
 
 
 def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
@@ -26,10 +31,15 @@ def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
 
     w2, b2 = r(d, 2 * u, scale=1 / math.sqrt(d)), r(2 * u, scale=0.1)
     return {
-        "x": r(b_, d), "w2": w2, "b2": b2,
-        "w": w2[:, :u].contiguous(), "v": w2[:, u:].contiguous(),
-        "bw": b2[:u].contiguous(), "bv": b2[u:].contiguous(),
-        "dy": r(b_, u), "dh": r(b_, 2 * u),
+        "x": r(b_, d),
+        "w2": w2,
+        "b2": b2,
+        "w": w2[:, :u].contiguous(),
+        "v": w2[:, u:].contiguous(),
+        "bw": b2[:u].contiguous(),
+        "bv": b2[u:].contiguous(),
+        "dy": r(b_, u),
+        "dh": r(b_, 2 * u),
     }
 
 
@@ -68,7 +78,9 @@ def _grad_step(fn, inputs, dy):
 
 def variants(shape: Shape, dtype: str, activation: str, compile_: bool) -> list[Variant]:
     t = tensors(shape, dtype)
-    x, w2, b2, w, v, bw, bv, dy, dh = (t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh"))
+    x, w2, b2, w, v, bw, bv, dy, dh = (
+        t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh")
+    )
     glu = glu_kernels.glu
 
     def no_grad(fn):
@@ -79,26 +91,47 @@ def variants(shape: Shape, dtype: str, activation: str, compile_: bool) -> list[
         return call
 
     out = [
-        Variant(FUSED, "glu_kernels.glu", no_grad(lambda: glu(x, w2, b2, activation=activation)),
-                _grad_step(lambda x_, w_, b_: glu(x_, w_, b_, activation=activation), (x, w2, b2), dy)),
-        Variant(UNFUSED, "addmm x2, act, mul; autograd",
-                no_grad(lambda: unfused(x, w, v, bw, bv, activation)),
-                _grad_step(lambda *a: unfused(*a, activation), (x, w, v, bw, bv), dy)),
-        Variant(PACKED, "addmm + F.glu" if activation == "sigmoid" else "addmm + chunk, act, mul",
-                no_grad(lambda: packed(x, w2, b2, activation)),
-                _grad_step(lambda *a: packed(*a, activation), (x, w2, b2), dy)),
+        Variant(
+            FUSED,
+            "glu_kernels.glu",
+            no_grad(lambda: glu(x, w2, b2, activation=activation)),
+            _grad_step(lambda x_, w_, b_: glu(x_, w_, b_, activation=activation), (x, w2, b2), dy),
+        ),
+        Variant(
+            UNFUSED,
+            "addmm x2, act, mul; autograd",
+            no_grad(lambda: unfused(x, w, v, bw, bv, activation)),
+            _grad_step(lambda *a: unfused(*a, activation), (x, w, v, bw, bv), dy),
+        ),
+        Variant(
+            PACKED,
+            "addmm + F.glu" if activation == "sigmoid" else "addmm + chunk, act, mul",
+            no_grad(lambda: packed(x, w2, b2, activation)),
+            _grad_step(lambda *a: packed(*a, activation), (x, w2, b2), dy),
+        ),
     ]
     if compile_:
         fwd_c, train_c = _compiled(False), _compiled(True)
-        out.append(Variant(COMPILED, "torch.compile(unfused, dynamic=True)",
-                           no_grad(lambda: fwd_c(x, w, v, bw, bv, activation)),
-                           _grad_step(lambda *a: train_c(*a, activation), (x, w, v, bw, bv), dy)))
+        out.append(
+            Variant(
+                COMPILED,
+                "torch.compile(unfused, dynamic=True)",
+                no_grad(lambda: fwd_c(x, w, v, bw, bv, activation)),
+                _grad_step(lambda *a: train_c(*a, activation), (x, w, v, bw, bv), dy),
+            )
+        )
 
     def floor_train():
         return x @ w2, dh @ w2.mT, x.mT @ dh
 
-    out.append(Variant(FLOOR, "addmm(b, x, [W|V]); train: x@W2, dh@W2^T, x^T@dh",
-                       no_grad(lambda: torch.addmm(b2, x, w2)), no_grad(floor_train)))
+    out.append(
+        Variant(
+            FLOOR,
+            "addmm(b, x, [W|V]); train: x@W2, dh@W2^T, x^T@dh",
+            no_grad(lambda: torch.addmm(b2, x, w2)),
+            no_grad(floor_train),
+        )
+    )
     return out
 
 
@@ -107,10 +140,14 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
     t = tensors(shape, dtype)
     res = {}
     cases = {
-        "fused (save=activations)": (lambda x, w2, b2: glu_kernels.glu(
-            x, w2, b2, activation=activation), ("x", "w2", "b2")),
-        "fused (save=input)": (lambda x, w2, b2: glu_kernels.glu(
-            x, w2, b2, activation=activation, save="input"), ("x", "w2", "b2")),
+        "fused (save=activations)": (
+            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation),
+            ("x", "w2", "b2"),
+        ),
+        "fused (save=input)": (
+            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation, save="input"),
+            ("x", "w2", "b2"),
+        ),
         "unfused": (lambda *a: unfused(*a, activation), ("x", "w", "v", "bw", "bv")),
         "packed": (lambda *a: packed(*a, activation), ("x", "w2", "b2")),
     }
@@ -137,7 +174,11 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
         del out
         total = sum(seen.values())
         beyond = sum(n for p, n in seen.items() if p not in in_ptrs)
-        res[name] = {"total_bytes": total, "activation_bytes": beyond,
-                     "largest_saved_non_input_elems": largest_other, "B*U": bu}
+        res[name] = {
+            "total_bytes": total,
+            "activation_bytes": beyond,
+            "largest_saved_non_input_elems": largest_other,
+            "B*U": bu,
+        }
         del inputs
     return res

@@ -163,7 +163,9 @@ def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeE
 
 
 def mixed_frameworks(kinds: dict[str, tuple[str, type]]) -> TypeError:
-    detail = ", ".join(f"{arg} is {_type_name(t)} ({framework})" for arg, (framework, t) in kinds.items())
+    detail = ", ".join(
+        f"{arg} is {_type_name(t)} ({framework})" for arg, (framework, t) in kinds.items()
+    )
     return TypeError(
         f"x, w and b must all be arrays of one framework; convert them first. Received: {detail}"
     )

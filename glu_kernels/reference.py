@@ -48,7 +48,9 @@ def _act_and_slope(name: str, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if name == "gelu_tanh":
         k, c = math.sqrt(2.0 / math.pi), 0.044715
         t = np.tanh(k * (g + c * g**3))
-        return 0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t**2) * k * (1.0 + 3 * c * g**2)
+        return 0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * (1.0 - t**2) * k * (
+            1.0 + 3 * c * g**2
+        )
     if name == "relu":
         return np.maximum(g, 0.0), (g > 0).astype(np.float64)
     if name == "linear":

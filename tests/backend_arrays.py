@@ -37,7 +37,9 @@ def installed(backend: str) -> bool:
 
 
 def _skip_unless(backend: str):
-    return pytest.mark.skipif(not installed(backend), reason=f"{_MODULES[backend]} is not installed")
+    return pytest.mark.skipif(
+        not installed(backend), reason=f"{_MODULES[backend]} is not installed"
+    )
 
 
 def backend_params(backends=BACKENDS):
@@ -106,7 +108,9 @@ def to_backend(backend: str, a, dtype: str, *, variable: bool = False, requires_
     if backend == "jax":
         return fw.asarray(a).astype(dtype)
     if backend == "torch":
-        t = fw.from_numpy(a.copy(order="C")).to(getattr(fw, dtype))  # (ascontiguousarray makes 0-d 1-d)
+        t = fw.from_numpy(a.copy(order="C")).to(
+            getattr(fw, dtype)
+        )  # (ascontiguousarray makes 0-d 1-d)
         return t.requires_grad_(True) if requires_grad else t
     if backend == "tensorflow":
         t = fw.cast(fw.constant(a), dtype)
@@ -168,7 +172,9 @@ def gradients(backend: str, x, w, b, dy, dtype: str, **kwargs):
     elif backend == "torch":
         import torch
 
-        args = [to_backend(backend, a, dtype, requires_grad=True) for a in (x, w, b) if a is not None]
+        args = [
+            to_backend(backend, a, dtype, requires_grad=True) for a in (x, w, b) if a is not None
+        ]
         out = gk.glu(*args, **kwargs)
         grads = torch.autograd.grad(out, args, to_backend(backend, dy, dtype))
     elif backend == "tensorflow":
@@ -184,7 +190,9 @@ def gradients(backend: str, x, w, b, dy, dtype: str, **kwargs):
         raise AssertionError(f"{backend} has no gradients")
     for g, a in zip(grads, (x, w, b)):
         assert g is not None, f"{backend}: no gradient"
-        assert tuple(g.shape) == np.shape(a), f"{backend}: gradient shape {tuple(g.shape)} != {np.shape(a)}"
+        assert tuple(g.shape) == np.shape(a), (
+            f"{backend}: gradient shape {tuple(g.shape)} != {np.shape(a)}"
+        )
         assert _dtype_name(g) == dtype, f"{backend}: gradient dtype {_dtype_name(g)} != {dtype}"
     grads = [to_numpy64(g) for g in grads]
     return (to_numpy64(out), *grads, *([None] if not has_b else []))

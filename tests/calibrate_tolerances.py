@@ -16,13 +16,13 @@ import warnings
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import backend_arrays as ba  # noqa: E402
 import conftest  # noqa: E402,F401  (jax x64)
 from hypothesis import given, settings  # noqa: E402
-
-import backend_arrays as ba  # noqa: E402
-from glu_kernels.reference import glu_reference, glu_reference_vjp  # noqa: E402
 from strategies import ACTIVATIONS, cases  # noqa: E402
 from tolerances import error_ratio, gradient_scales, output_scale  # noqa: E402
+
+from glu_kernels.reference import glu_reference, glu_reference_vjp  # noqa: E402
 
 
 def main(n: int) -> None:
@@ -46,16 +46,35 @@ def main(n: int) -> None:
                     ref = glu_reference(c.x, c.w, c.b, c.activation)
                     scale = output_scale(c.x, c.w, c.b, c.activation)
                     if backend == "numpy":
-                        out = ba.to_numpy64(ba.forward(backend, c.x, c.w, c.b, dtype, activation=act))
-                        record(dtype, "forward", error_ratio(out, ref, scale, dtype), f"{backend} {act} {c}")
+                        out = ba.to_numpy64(
+                            ba.forward(backend, c.x, c.w, c.b, dtype, activation=act)
+                        )
+                        record(
+                            dtype,
+                            "forward",
+                            error_ratio(out, ref, scale, dtype),
+                            f"{backend} {act} {c}",
+                        )
                         return
-                    out, dx, dw, db = ba.gradients(backend, c.x, c.w, c.b, c.dy, dtype, activation=act)
-                    record(dtype, "forward", error_ratio(out, ref, scale, dtype), f"{backend} {act} {c}")
+                    out, dx, dw, db = ba.gradients(
+                        backend, c.x, c.w, c.b, c.dy, dtype, activation=act
+                    )
+                    record(
+                        dtype,
+                        "forward",
+                        error_ratio(out, ref, scale, dtype),
+                        f"{backend} {act} {c}",
+                    )
                     refs = glu_reference_vjp(c.x, c.w, c.b, c.dy, act)
                     scales = gradient_scales(c.x, c.w, c.b, c.dy, act, dtype)
                     for name, g, r, s in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales):
                         if r is not None:
-                            record(dtype, "backward", error_ratio(g, r, s, dtype), f"{backend} {act} {name} {c}")
+                            record(
+                                dtype,
+                                "backward",
+                                error_ratio(g, r, s, dtype),
+                                f"{backend} {act} {name} {c}",
+                            )
 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

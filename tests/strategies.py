@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from backend_arrays import round_to
 from hypothesis import settings
 from hypothesis import strategies as st
-
-from backend_arrays import round_to
 
 ACTIVATIONS = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")
 SIZES = (1, 2, 3, 5, 8, 16, 17, 32, 64, 96)  # D and U

@@ -8,10 +8,10 @@ import json
 import subprocess
 import sys
 
+import backend_arrays as ba
 import numpy as np
 import pytest
 
-import backend_arrays as ba
 import glu_kernels as gk
 
 FRAMEWORKS = ("tensorflow", "torch", "jax", "keras")
@@ -52,9 +52,15 @@ def test_available_backends_can_run(backend):
 
 
 @pytest.mark.parametrize(
-    "activation, variant", [("sigmoid", "GLU"), ("silu", "SwiGLU"), ("gelu", "GeGLU"),
-                            ("gelu_tanh", "GeGLU (tanh approximation)"), ("relu", "ReGLU"),
-                            ("linear", "bilinear")],
+    "activation, variant",
+    [
+        ("sigmoid", "GLU"),
+        ("silu", "SwiGLU"),
+        ("gelu", "GeGLU"),
+        ("gelu_tanh", "GeGLU (tanh approximation)"),
+        ("relu", "ReGLU"),
+        ("linear", "bilinear"),
+    ],
 )
 @pytest.mark.parametrize("backend", ba.backend_params())
 def test_explain(backend, activation, variant):
@@ -106,11 +112,20 @@ def test_swish_is_an_alias_of_silu(backend):
     x = ba.to_backend(backend, rng.uniform(-1, 1, (5, 4)), "float32")
     w = ba.to_backend(backend, rng.uniform(-1, 1, (4, 6)), "float32")
     np.testing.assert_array_equal(
-        ba.to_numpy64(gk.glu(x, w, activation="swish")), ba.to_numpy64(gk.glu(x, w, activation="silu"))
+        ba.to_numpy64(gk.glu(x, w, activation="swish")),
+        ba.to_numpy64(gk.glu(x, w, activation="silu")),
     )
     assert "SwiGLU" in gk.explain(x, w, activation="swish")
 
 
 def test_public_api():
-    assert set(gk.__all__) >= {"glu", "swiglu", "geglu", "reglu", "bilinear", "explain", "available_backends"}
+    assert set(gk.__all__) >= {
+        "glu",
+        "swiglu",
+        "geglu",
+        "reglu",
+        "bilinear",
+        "explain",
+        "available_backends",
+    }
     assert gk.ACTIVATIONS == ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")

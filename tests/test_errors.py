@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import backend_arrays as ba
 import numpy as np
 import pytest
 
-import backend_arrays as ba
 import glu_kernels as gk
 
 VALID_ACTIVATIONS = r"'sigmoid', 'silu', 'gelu', 'gelu_tanh', 'relu', 'linear'"
@@ -33,48 +33,146 @@ class ErrorInput:
 
 
 CATALOGUE = [
-    ErrorInput("odd_packed_width", (4, 6), (6, 7), None, ValueError,
-               r"w's last dimension must be even.*Received: x\.shape=\(4, 6\), w\.shape=\(6, 7\)"),
-    ErrorInput("feature_mismatch", (4, 5), (6, 8), None, ValueError,
-               r"x's last dimension must equal w's first dimension.*"
-               r"Received: x\.shape=\(4, 5\), w\.shape=\(6, 8\)"),
-    ErrorInput("feature_mismatch_3d_w", (2, 3, 5), (6, 2, 4), None, ValueError,
-               r"x's last dimension must equal w's first.*Received: x\.shape=\(2, 3, 5\), "
-               r"w\.shape=\(6, 2, 4\)"),
-    ErrorInput("bias_wrong_length", (4, 6), (6, 8), (6,), ValueError,
-               r"b must have shape \(2U,\) = \(8,\) or \(2, U\) = \(2, 4\).*"
-               r"Received: x\.shape=\(4, 6\), w\.shape=\(6, 8\), b\.shape=\(6,\)"),
-    ErrorInput("bias_transposed", (4, 6), (6, 2, 4), (4, 2), ValueError,
-               r"b must have shape.*Received: x\.shape=\(4, 6\), w\.shape=\(6, 2, 4\), b\.shape=\(4, 2\)"),
-    ErrorInput("bias_rank_3", (4, 6), (6, 8), (1, 2, 4), ValueError,
-               r"b must have shape.*b\.shape=\(1, 2, 4\)"),
-    ErrorInput("rank0_x", (), (6, 8), None, ValueError,
-               r"x must have at least one dimension.*Received: x\.shape=\(\), w\.shape=\(6, 8\)"),
-    ErrorInput("w3_middle_not_2", (4, 6), (6, 3, 4), None, ValueError,
-               r"3-D w must have shape \(D, 2, U\).*Received: x\.shape=\(4, 6\), w\.shape=\(6, 3, 4\)"),
-    ErrorInput("w_rank1", (4, 6), (6,), None, ValueError,
-               r"w must have shape \(D, 2U\) or \(D, 2, U\)\. Received: x\.shape=\(4, 6\), w\.shape=\(6,\)"),
-    ErrorInput("w_rank4", (4, 6), (6, 2, 2, 2), None, ValueError,
-               r"w must have shape \(D, 2U\) or \(D, 2, U\)\. Received: x\.shape=\(4, 6\), "
-               r"w\.shape=\(6, 2, 2, 2\)"),
-    ErrorInput("unknown_activation", (4, 6), (6, 8), None, ValueError,
-               rf"Unknown activation\. Expected one of {VALID_ACTIVATIONS}.*'swish'.*"
-               r"Received: activation='swishh'", kwargs={"activation": "swishh"}),
-    ErrorInput("bad_save_mode", (4, 6), (6, 8), None, ValueError,
-               r"save must be one of 'activations', 'input'\. Received: save='outputs'",
-               kwargs={"save": "outputs"}),
-    ErrorInput("int_dtype", (4, 6), (6, 8), None, TypeError,
-               r"glu needs floating-point inputs \(float16, bfloat16, float32, float64\)\. "
-               r"Received: x\.dtype=int32, w\.dtype=int32", dtypes=("int32", "int32", None)),
-    ErrorInput("bool_dtype", (4, 6), (6, 8), (8,), TypeError,
-               r"floating-point inputs.*Received: x\.dtype=float32, w\.dtype=float32, b\.dtype=bool",
-               dtypes=("float32", "float32", "bool")),
-    ErrorInput("mixed_dtypes", (4, 6), (6, 8), None, TypeError,
-               r"x, w and b must share one dtype.*Received: x\.dtype=float32, w\.dtype=float64",
-               dtypes=("float32", "float64", None)),
-    ErrorInput("mixed_dtypes_bias", (4, 6), (6, 8), (8,), TypeError,
-               r"share one dtype.*Received: x\.dtype=float16, w\.dtype=float16, b\.dtype=float32",
-               dtypes=("float16", "float16", "float32")),
+    ErrorInput(
+        "odd_packed_width",
+        (4, 6),
+        (6, 7),
+        None,
+        ValueError,
+        r"w's last dimension must be even.*Received: x\.shape=\(4, 6\), w\.shape=\(6, 7\)",
+    ),
+    ErrorInput(
+        "feature_mismatch",
+        (4, 5),
+        (6, 8),
+        None,
+        ValueError,
+        r"x's last dimension must equal w's first dimension.*"
+        r"Received: x\.shape=\(4, 5\), w\.shape=\(6, 8\)",
+    ),
+    ErrorInput(
+        "feature_mismatch_3d_w",
+        (2, 3, 5),
+        (6, 2, 4),
+        None,
+        ValueError,
+        r"x's last dimension must equal w's first.*Received: x\.shape=\(2, 3, 5\), "
+        r"w\.shape=\(6, 2, 4\)",
+    ),
+    ErrorInput(
+        "bias_wrong_length",
+        (4, 6),
+        (6, 8),
+        (6,),
+        ValueError,
+        r"b must have shape \(2U,\) = \(8,\) or \(2, U\) = \(2, 4\).*"
+        r"Received: x\.shape=\(4, 6\), w\.shape=\(6, 8\), b\.shape=\(6,\)",
+    ),
+    ErrorInput(
+        "bias_transposed",
+        (4, 6),
+        (6, 2, 4),
+        (4, 2),
+        ValueError,
+        r"b must have shape.*Received: x\.shape=\(4, 6\), w\.shape=\(6, 2, 4\), b\.shape=\(4, 2\)",
+    ),
+    ErrorInput(
+        "bias_rank_3",
+        (4, 6),
+        (6, 8),
+        (1, 2, 4),
+        ValueError,
+        r"b must have shape.*b\.shape=\(1, 2, 4\)",
+    ),
+    ErrorInput(
+        "rank0_x",
+        (),
+        (6, 8),
+        None,
+        ValueError,
+        r"x must have at least one dimension.*Received: x\.shape=\(\), w\.shape=\(6, 8\)",
+    ),
+    ErrorInput(
+        "w3_middle_not_2",
+        (4, 6),
+        (6, 3, 4),
+        None,
+        ValueError,
+        r"3-D w must have shape \(D, 2, U\).*Received: x\.shape=\(4, 6\), w\.shape=\(6, 3, 4\)",
+    ),
+    ErrorInput(
+        "w_rank1",
+        (4, 6),
+        (6,),
+        None,
+        ValueError,
+        r"w must have shape \(D, 2U\) or \(D, 2, U\)\. Received: x\.shape=\(4, 6\), w\.shape=\(6,\)",
+    ),
+    ErrorInput(
+        "w_rank4",
+        (4, 6),
+        (6, 2, 2, 2),
+        None,
+        ValueError,
+        r"w must have shape \(D, 2U\) or \(D, 2, U\)\. Received: x\.shape=\(4, 6\), "
+        r"w\.shape=\(6, 2, 2, 2\)",
+    ),
+    ErrorInput(
+        "unknown_activation",
+        (4, 6),
+        (6, 8),
+        None,
+        ValueError,
+        rf"Unknown activation\. Expected one of {VALID_ACTIVATIONS}.*'swish'.*"
+        r"Received: activation='swishh'",
+        kwargs={"activation": "swishh"},
+    ),
+    ErrorInput(
+        "bad_save_mode",
+        (4, 6),
+        (6, 8),
+        None,
+        ValueError,
+        r"save must be one of 'activations', 'input'\. Received: save='outputs'",
+        kwargs={"save": "outputs"},
+    ),
+    ErrorInput(
+        "int_dtype",
+        (4, 6),
+        (6, 8),
+        None,
+        TypeError,
+        r"glu needs floating-point inputs \(float16, bfloat16, float32, float64\)\. "
+        r"Received: x\.dtype=int32, w\.dtype=int32",
+        dtypes=("int32", "int32", None),
+    ),
+    ErrorInput(
+        "bool_dtype",
+        (4, 6),
+        (6, 8),
+        (8,),
+        TypeError,
+        r"floating-point inputs.*Received: x\.dtype=float32, w\.dtype=float32, b\.dtype=bool",
+        dtypes=("float32", "float32", "bool"),
+    ),
+    ErrorInput(
+        "mixed_dtypes",
+        (4, 6),
+        (6, 8),
+        None,
+        TypeError,
+        r"x, w and b must share one dtype.*Received: x\.dtype=float32, w\.dtype=float64",
+        dtypes=("float32", "float64", None),
+    ),
+    ErrorInput(
+        "mixed_dtypes_bias",
+        (4, 6),
+        (6, 8),
+        (8,),
+        TypeError,
+        r"share one dtype.*Received: x\.dtype=float16, w\.dtype=float16, b\.dtype=float32",
+        dtypes=("float16", "float16", "float32"),
+    ),
 ]
 
 
@@ -132,15 +230,22 @@ def test_mixed_frameworks_names_both(backend):
     assert type(info.value) is TypeError
     assert re.search(
         rf"x, w and b must all be arrays of one framework.*Received: x is \S+ \({backend}\), "
-        rf"w is \S+ \({other}\)", msg), msg
+        rf"w is \S+ \({other}\)",
+        msg,
+    ), msg
     # the bias from a third place
     b = ba.to_backend(other, np.ones(8), "float32")
     with pytest.raises(TypeError, match=rf"w is \S+ \({backend}\), b is \S+ \({other}\)"):
-        gk.glu(ba.to_backend(backend, np.ones((4, 6)), "float32"),
-               ba.to_backend(backend, np.ones((6, 8)), "float32"), b)
+        gk.glu(
+            ba.to_backend(backend, np.ones((4, 6)), "float32"),
+            ba.to_backend(backend, np.ones((6, 8)), "float32"),
+            b,
+        )
 
 
-@pytest.mark.parametrize("bad", [[[1.0, 2.0]], 3.0, None, "x"], ids=["list", "float", "None", "str"])
+@pytest.mark.parametrize(
+    "bad", [[[1.0, 2.0]], 3.0, None, "x"], ids=["list", "float", "None", "str"]
+)
 @pytest.mark.parametrize("backend", ba.backend_params())
 def test_unsupported_types_list_the_supported_ones(backend, bad):
     w = ba.to_backend(backend, np.ones((2, 4)), "float32")
@@ -148,8 +253,11 @@ def test_unsupported_types_list_the_supported_ones(backend, bad):
     with pytest.raises(TypeError) as info:
         gk.glu(bad, w)
     assert type(info.value) is TypeError
-    assert re.search(rf"glu takes arrays of one of these types: {SUPPORTED_TYPES}\. "
-                     rf"Received: x of type builtins\.{type(bad).__name__}", str(info.value)), str(info.value)
+    assert re.search(
+        rf"glu takes arrays of one of these types: {SUPPORTED_TYPES}\. "
+        rf"Received: x of type builtins\.{type(bad).__name__}",
+        str(info.value),
+    ), str(info.value)
     if bad is not None:  # as w (b=None is fine, w=None is not)
         with pytest.raises(TypeError, match=rf"{SUPPORTED_TYPES}\. Received: w of type builtins\."):
             gk.glu(x, bad)
@@ -170,4 +278,7 @@ def test_unhashable_activation_is_a_value_error(backend):
 def test_activation_names_are_case_insensitive(backend):
     x = ba.to_backend(backend, np.ones((3, 2)), "float32")
     w = ba.to_backend(backend, np.ones((2, 4)), "float32")
-    assert (ba.to_numpy64(gk.glu(x, w, activation="SiLU")) == ba.to_numpy64(gk.glu(x, w, activation="silu"))).all()
+    assert (
+        ba.to_numpy64(gk.glu(x, w, activation="SiLU"))
+        == ba.to_numpy64(gk.glu(x, w, activation="silu"))
+    ).all()

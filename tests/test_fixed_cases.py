@@ -6,13 +6,13 @@ Empty batches, output type/dtype/shape, non-contiguous and transposed torch tens
 
 from __future__ import annotations
 
+import backend_arrays as ba
 import numpy as np
 import pytest
-
-import backend_arrays as ba
-from glu_kernels.reference import glu_reference, glu_reference_vjp
 from strategies import ACTIVATIONS
 from tolerances import assert_close, gradient_scales, output_scale
+
+from glu_kernels.reference import glu_reference, glu_reference_vjp
 
 SATURATING = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu")
 
@@ -22,7 +22,11 @@ def _inputs(lead, d=5, u=4, seed=0, weight_3d=False, bias="flat", dtype="float64
     x = ba.round_to(rng.uniform(-1, 1, (*lead, d)), dtype)
     w = rng.uniform(-1, 1, (d, 2, u)) / np.sqrt(d)
     w = ba.round_to(w if weight_3d else w.reshape(d, 2 * u), dtype)
-    b = None if bias is None else ba.round_to(rng.uniform(-1, 1, (2 * u,) if bias == "flat" else (2, u)), dtype)
+    b = (
+        None
+        if bias is None
+        else ba.round_to(rng.uniform(-1, 1, (2 * u,) if bias == "flat" else (2, u)), dtype)
+    )
     dy = ba.round_to(rng.uniform(-1, 1, (*lead, u)), dtype)
     return x, w, b, dy
 
@@ -32,7 +36,9 @@ def _inputs(lead, d=5, u=4, seed=0, weight_3d=False, bias="flat", dtype="float64
 LEADING = [(), (1,), (6,), (2, 3), (2, 1, 3), (0,), (3, 0), (0, 2, 4)]
 
 
-@pytest.mark.parametrize("lead", LEADING, ids=lambda s: "lead" + "x".join(map(str, s)) if s else "1d")
+@pytest.mark.parametrize(
+    "lead", LEADING, ids=lambda s: "lead" + "x".join(map(str, s)) if s else "1d"
+)
 @pytest.mark.parametrize("backend, dtype", ba.backend_dtype_params())
 def test_output_type_dtype_and_leading_dims(backend, dtype, lead):
     x, w, b, _ = _inputs(lead, dtype=dtype, weight_3d=len(lead) % 2 == 1)
@@ -40,10 +46,14 @@ def test_output_type_dtype_and_leading_dims(backend, dtype, lead):
     assert isinstance(out, ba.array_type(backend)), type(out)
     assert ba._dtype_name(out) == dtype
     assert tuple(out.shape) == (*lead, 4)
-    assert_close(ba.to_numpy64(out), glu_reference(x, w, b, "silu"), output_scale(x, w, b, "silu"), dtype)
+    assert_close(
+        ba.to_numpy64(out), glu_reference(x, w, b, "silu"), output_scale(x, w, b, "silu"), dtype
+    )
 
 
-@pytest.mark.parametrize("lead", [(0,), (3, 0), (0, 2)], ids=lambda s: "lead" + "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "lead", [(0,), (3, 0), (0, 2)], ids=lambda s: "lead" + "x".join(map(str, s))
+)
 @pytest.mark.parametrize("save", ["activations", "input"])
 @pytest.mark.parametrize("backend", ba.backend_params(ba.GRAD_BACKENDS))
 def test_empty_batch_gradients(backend, save, lead):
@@ -71,7 +81,9 @@ def test_torch_noncontiguous_and_transposed_inputs(backend, activation, dtype):
     # x: every other column of a wider array, then transposed (n, d) -> a (d, n) view's .T
     x_base = ba.round_to(rng.uniform(-1, 1, (d, 2 * n)), dtype)
     w_base = ba.round_to(rng.uniform(-1, 1, (2 * u, d)) / np.sqrt(d), dtype)  # w = w_base.T
-    w3_base = ba.round_to(rng.uniform(-1, 1, (2, d, u)) / np.sqrt(d), dtype)  # w3 = permute(1, 0, 2)
+    w3_base = ba.round_to(
+        rng.uniform(-1, 1, (2, d, u)) / np.sqrt(d), dtype
+    )  # w3 = permute(1, 0, 2)
     b_base = ba.round_to(rng.uniform(-1, 1, (4 * u,)), dtype)  # b = b_base[::2]
     dy = ba.round_to(rng.uniform(-1, 1, (n, u)), dtype)
 
@@ -86,8 +98,13 @@ def test_torch_noncontiguous_and_transposed_inputs(backend, activation, dtype):
         x, w, b = (ba.to_numpy64(t) for t in (xt, wt, bt))
 
         out = gk.glu(xt, wt, bt, activation=activation)
-        assert_close(ba.to_numpy64(out), glu_reference(x, w, b, activation),
-                     output_scale(x, w, b, activation), dtype, what="forward")
+        assert_close(
+            ba.to_numpy64(out),
+            glu_reference(x, w, b, activation),
+            output_scale(x, w, b, activation),
+            dtype,
+            what="forward",
+        )
         with torch.no_grad():  # the inference path too
             out_ng = gk.glu(xt, wt, bt, activation=activation)
         assert torch.equal(out_ng, out.detach())
@@ -125,7 +142,9 @@ def test_saturated_gates(backend, dtype, activation):
     if backend in ba.GRAD_BACKENDS:
         for save in ("activations", "input"):
             b = np.zeros(8)
-            _, dx, dw, db = ba.gradients(backend, x, w, b, dy, dtype, activation=activation, save=save)
+            _, dx, dw, db = ba.gradients(
+                backend, x, w, b, dy, dtype, activation=activation, save=save
+            )
             for name, grad in (("dx", dx), ("dw", dw), ("db", db)):
                 assert np.isfinite(grad).all(), f"{name} not finite: {grad}"
             # at g = -1e4 the gate is off: no gradient reaches the value half of row 1
@@ -163,7 +182,9 @@ def test_nan_and_inf_propagate_like_the_unfused_formula(backend, dtype, activati
     else:
         np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
         finite = np.isfinite(expected)
-        np.testing.assert_array_equal(out[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)])
+        np.testing.assert_array_equal(
+            out[~finite & ~np.isnan(expected)], expected[~finite & ~np.isnan(expected)]
+        )
     finite = np.isfinite(expected)
     with np.errstate(all="ignore"):
         scale = output_scale(np.nan_to_num(x), np.nan_to_num(w), None, activation)

@@ -9,15 +9,15 @@
 
 from __future__ import annotations
 
+import backend_arrays as ba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import backend_arrays as ba
-from glu_kernels.reference import glu_reference_vjp
 from strategies import ACTIVATIONS, cases, examples
 from tolerances import assert_close, gradient_scales
+
+from glu_kernels.reference import glu_reference_vjp
 
 SAVES = ("activations", "input")
 
@@ -31,14 +31,18 @@ def test_gradients_match_reference(backend, activation, save):
     def check(data):
         dtype = data.draw(st.sampled_from(ba.DTYPES[backend]), label="dtype")
         c = data.draw(cases(dtype, activation, max_leading=2), label="case")
-        _, dx, dw, db = ba.gradients(backend, c.x, c.w, c.b, c.dy, dtype, activation=activation, save=save)
+        _, dx, dw, db = ba.gradients(
+            backend, c.x, c.w, c.b, c.dy, dtype, activation=activation, save=save
+        )
         refs = glu_reference_vjp(c.x, c.w, c.b, c.dy, activation)
         scales = gradient_scales(c.x, c.w, c.b, c.dy, activation, dtype)
         for name, got, ref, scale in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales):
             if ref is None:
                 assert got is None
                 continue
-            assert_close(got, ref, scale, dtype, what=f"{backend} {name} ({activation}, save={save})")
+            assert_close(
+                got, ref, scale, dtype, what=f"{backend} {name} ({activation}, save={save})"
+            )
 
     check()
 
@@ -96,7 +100,9 @@ def test_jax_check_grads_second_order(backend, activation, save):
     import glu_kernels as gk
 
     # one layout per save mode (each check_grads costs seconds of tracing): both layouts covered
-    weight_3d, bias, lead = (False, "flat", (3,)) if save == "activations" else (True, "split", (2, 2))
+    weight_3d, bias, lead = (
+        (False, "flat", (3,)) if save == "activations" else (True, "split", (2, 2))
+    )
     x, w, b = (jnp.asarray(a) for a in _float64_inputs(1, lead, weight_3d=weight_3d, bias=bias))
     assert x.dtype == jnp.float64
 

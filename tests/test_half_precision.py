@@ -17,12 +17,12 @@ source of error and checks the rounding itself:
 
 from __future__ import annotations
 
+import backend_arrays as ba
 import numpy as np
 import pytest
-
-import backend_arrays as ba
-from glu_kernels.reference import _act_and_slope
 from strategies import ACTIVATIONS
+
+from glu_kernels.reference import _act_and_slope
 
 # (precision p in bits incl. the implicit one, minimum normal exponent)
 _FORMAT = {"float16": (11, -14), "bfloat16": (8, -126)}

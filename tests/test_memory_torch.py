@@ -11,9 +11,8 @@ alive anyway; the claim is about everything else:
 
 from __future__ import annotations
 
-import pytest
-
 import backend_arrays as ba
+import pytest
 
 torch = pytest.importorskip("torch")
 
@@ -80,7 +79,9 @@ def test_torch_save_input_keeps_nothing_activation_sized(backend, activation):
     import glu_kernels as gk
 
     x, w, b = _inputs(torch.float32)
-    out, saved = _saved(lambda x, w, b: gk.glu(x, w, b, activation=activation, save="input"), x, w, b)
+    out, saved = _saved(
+        lambda x, w, b: gk.glu(x, w, b, activation=activation, save="input"), x, w, b
+    )
     big = {ptr: n for ptr, n in saved.items() if n >= B * U * 4}
     assert big == {}, f"save='input' kept {big} beyond x, w and b"
     out.sum().backward()

@@ -8,13 +8,13 @@ supports. 16-bit inputs are compared with the reference evaluated on the 16-bit-
 
 from __future__ import annotations
 
+import backend_arrays as ba
 import pytest
 from hypothesis import given, settings
-
-import backend_arrays as ba
-from glu_kernels.reference import glu_reference
 from strategies import ACTIVATIONS, cases, examples
 from tolerances import assert_close, output_scale
+
+from glu_kernels.reference import glu_reference
 
 ALL_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
@@ -40,6 +40,7 @@ def test_forward_matches_reference(backend, dtype, activation):
 @pytest.mark.parametrize("backend", ba.backend_params())
 def test_forward_does_not_depend_on_save_mode(backend, save):
     """``save`` changes only what backward keeps: the forward value is the same bits."""
+
     @settings(max_examples=examples(3))
     @given(case=cases("float32"))
     def check(case):
@@ -76,7 +77,10 @@ def test_backends_agree_with_each_other(dtype):
         for i, first in enumerate(backends):
             for second in backends[i + 1 :]:
                 assert_close(
-                    outs[first], outs[second], scale, dtype,
+                    outs[first],
+                    outs[second],
+                    scale,
+                    dtype,
                     what=f"{first} vs {second} ({case.activation})",
                 )
 

@@ -89,9 +89,8 @@ def _halves(x, w, b):
 
 
 def _act(activation: str, g):
-    from glu_kernels.reference import _act_and_slope  # the reference's own f and f'
-
     from glu_kernels._validate import resolve_activation
+    from glu_kernels.reference import _act_and_slope  # the reference's own f and f'
 
     return _act_and_slope(resolve_activation(activation).name, g)
 

@@ -94,13 +94,13 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
         da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, act, PRIMITIVES)
         dh = jnp.stack([da, dg], axis=-2).astype(dtype)
-        dx = jnp.einsum(
-            "...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype, **_like(x)
-        )
+        dx = jnp.einsum("...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype, **_like(x))
         # XLA:CPU (jax 0.10) rejects this contraction for BF16 x BF16 = F32 at run time for some
         # shapes (2-D x: "Unsupported element type for DotThunk::Execute"); bf16 -> f32 is exact,
         # so feed it float32 (the same products, the same float32 accumulation).
-        xw, dhw = (x, dh) if dtype != "bfloat16" else (x.astype(compute_dtype), dh.astype(compute_dtype))
+        xw, dhw = (
+            (x, dh) if dtype != "bfloat16" else (x.astype(compute_dtype), dh.astype(compute_dtype))
+        )
         dw = jnp.einsum(
             "...d,...ku->dku", xw, dhw, preferred_element_type=compute_dtype, **_like(w3)
         )

@@ -56,10 +56,14 @@ def glu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: GluSpec) -> np
     x, w = np.asarray(x), np.asarray(w)
     compute = np.dtype(spec.compute_dtype)
     d, u = spec.features, spec.units
-    h = x.reshape(-1, d).astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(compute, copy=False)
+    h = x.reshape(-1, d).astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(
+        compute, copy=False
+    )
     if b is not None:
         h += np.asarray(b).reshape(2 * u).astype(compute, copy=False)
-    h = h.astype(x.dtype, copy=False).astype(compute, copy=False)  # 16-bit: h rounded once, as the other backends
+    h = h.astype(x.dtype, copy=False).astype(
+        compute, copy=False
+    )  # 16-bit: h rounded once, as the other backends
     with np.errstate(over="ignore"):
         out = h[:, :u] * ACTIVATIONS[spec.activation.name].forward(h[:, u:], PRIMITIVES)
     return out.astype(x.dtype, copy=False).reshape(*x.shape[:-1], u)
@@ -67,4 +71,6 @@ def glu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: GluSpec) -> np
 
 def implementation(spec: GluSpec) -> str:
     precision = "float32 for 16-bit inputs" if spec.compute_dtype != spec.dtype else spec.dtype
-    return f"numpy.matmul on the packed (D, 2U) weight, epilogue in NumPy ({precision}); forward only"
+    return (
+        f"numpy.matmul on the packed (D, 2U) weight, epilogue in NumPy ({precision}); forward only"
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from glu_kernels._activations import ACTIVATIONS, epilogue_backward
+from glu_kernels._activations import epilogue_backward
 from glu_kernels._validate import GluSpec
 
 NAME = "tensorflow"

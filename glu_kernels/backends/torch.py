@@ -112,8 +112,12 @@ def _activate(g: Tensor, activation: str) -> Tensor:
 # The gate gradient written straight into its half of dh (float32 inputs; no autograd); sigmoid
 # needs none: aten::glu_backward does the whole pass.
 _GATE_GRAD_INTO = {
-    "silu": lambda grad, g, f, out: torch.ops.aten.silu_backward.grad_input(grad, g, grad_input=out),
-    "gelu": lambda grad, g, f, out: torch.ops.aten.gelu_backward.grad_input(grad, g, grad_input=out),
+    "silu": lambda grad, g, f, out: torch.ops.aten.silu_backward.grad_input(
+        grad, g, grad_input=out
+    ),
+    "gelu": lambda grad, g, f, out: torch.ops.aten.gelu_backward.grad_input(
+        grad, g, grad_input=out
+    ),
     "gelu_tanh": lambda grad, g, f, out: torch.ops.aten.gelu_backward.grad_input(
         grad, g, approximate="tanh", grad_input=out
     ),
