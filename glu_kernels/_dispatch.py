@@ -1,8 +1,8 @@
 """Which backend runs a call: the framework of its tensors, found by type and cached per type.
 
-A tensor's framework is read off the top-level module of its class (or a base class), so finding it
-never imports a framework: if the caller holds a ``torch.Tensor``, torch is already imported. The backend
-module itself is imported on first use.
+A tensor's framework is read off the top-level module of its class (or a base class), so finding
+it never imports a framework: if the caller holds a ``torch.Tensor``, torch is already imported. The
+backend module itself is imported on first use.
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ def _imported_backend(name: str) -> ModuleType:
 
 def backend_of(x: object, w: object, b: object | None) -> ModuleType:
     """The backend module for one call; raises TypeError for unsupported or mixed array types."""
+    name = backend_name_of_type(type(x))
+    if (
+        name is not None
+        and backend_name_of_type(type(w)) == name
+        and (b is None or backend_name_of_type(type(b)) == name)
+    ):
+        return backend(name)
     kinds: dict[str, tuple[str, type]] = {}
     for arg, value in (("x", x), ("w", w), ("b", b)):
         if value is None and arg == "b":

@@ -1,4 +1,4 @@
-"""PyTorch backend: one ``addmm`` on the packed weight, ATen's fused activation kernels, and a custom op.
+"""PyTorch backend: one ``addmm`` on the packed weight, ATen's fused kernels, and a custom op.
 
 Inference (no input requires grad) calls the kernel directly. Training goes through the custom op
 ``glu_kernels::glu``, registered with ``torch.library`` (fake kernel for meta/fake tensors and
@@ -90,16 +90,38 @@ def _preactivation(x2: Tensor, w2: Tensor, b: Tensor | None) -> Tensor:
     return x2 @ w2 if b is None else torch.addmm(b, x2, w2)
 
 
+# Row blocking: the elementwise passes run on blocks of rows of about this many bytes of float32
+# h, so each block's temporaries (float32 copies of 16-bit inputs, f(g), ...) stay in the 2 MiB L2
+# cache between the ops of a pass: the CPU analogue of a GPU epilogue fusion. Measured at
+# 2048x1024->1024 fp32 on one thread: backward pass 2.6x, SiLU forward 1.4x faster than whole-tensor
+# ops.
+_BLOCK_BYTES = 1 << 20
+
+
+def _row_blocks(h: Tensor):
+    """Slices of the rows of the 2-D ``h``, each about ``_BLOCK_BYTES`` of float32."""
+    if torch.compiler.is_compiling():  # traced, sizes may be symbolic: the compiler fuses the pass
+        return (slice(None),)
+    step = max(8, _BLOCK_BYTES // max(1, 4 * h.shape[1]))
+    return (slice(r, r + step) for r in range(0, h.shape[0], step))
+
+
+def _float32(t: Tensor) -> Tensor:
+    return t.float() if _is_half(t) else t
+
+
 def _epilogue(h: Tensor, activation: str) -> Tensor:
     """``a * f(g)`` for ``h = [a | g]``; 16-bit inputs are computed in float32 and rounded once."""
     if activation == "sigmoid":
         return F.glu(h, dim=-1)  # one fused pass; ATen computes 16-bit inputs in float32
-    a, g = h.chunk(2, dim=-1)
-    if _is_half(h):
-        # f(g) in float32; the mixed-dtype multiply computes in float32 and rounds once into out
-        f = _activate(g.float(), activation) if activation != "linear" else g.float()
-        return torch.mul(f, a, out=torch.empty_like(a))
-    return _activate(g, activation).mul_(a) if activation != "linear" else a * g
+    units = h.shape[1] // 2
+    out = h.new_empty(h.shape[0], units)
+    for rows in _row_blocks(h):
+        hb = _float32(h[rows])
+        a, g = hb[:, :units], hb[:, units:]
+        f = _activate(g, activation) if activation != "linear" else g
+        torch.mul(a, f, out=out[rows])  # float32 math, rounded once into a 16-bit out
+    return out
 
 
 def _activate(g: Tensor, activation: str) -> Tensor:
@@ -128,34 +150,45 @@ _GATE_GRAD_INTO = {
 }
 
 
-def _grad_preactivation_fast(dy: Tensor, h: Tensor, activation: str) -> Tensor:
-    """``_grad_preactivation`` for a plain backward (no create_graph): ATen's fused backward kernels
-    writing straight into one preallocated (B, 2U) dh, about half the memory passes. Not differentiable."""
-    if activation == "sigmoid":  # aten::glu_backward: the whole dh in one pass
-        if _is_half(h):  # float32 math, rounded once
-            return torch.ops.aten.glu_backward(dy.float(), h.float(), -1).to(h.dtype)
-        return torch.ops.aten.glu_backward(dy, h, -1)
-    units = dy.shape[-1]
-    dh = torch.empty_like(h)
-    a, g = h[..., :units], h[..., units:]
-    da, dg = dh[..., :units], dh[..., units:]
+def _grad_preactivation_fast(
+    dy: Tensor, h: Tensor, activation: str, bias_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``(dh, db)`` for a plain backward (no create_graph; not differentiable): ATen's fused
+    backward kernels on row blocks, writing into one preallocated (B, 2U) dh, with db summed per
+    block while it is in cache. 16-bit inputs: float32 math, rounded once into dh and db."""
     half = _is_half(h)
-    if half:
-        dy, a, g = dy.float(), a.float(), g.float()
+    dh = torch.empty_like(h)
+    db = h.new_zeros(h.shape[1], dtype=torch.float32 if half else h.dtype) if bias_grad else None
+    for rows in _row_blocks(h):
+        out = None if half else dh[rows]
+        block = _grad_block(_float32(dy[rows]), _float32(h[rows]), activation, out)
+        if half:
+            dh[rows] = block
+        if db is not None:
+            db += block.sum(0)
+    return dh, None if db is None else db.to(h.dtype)
+
+
+def _grad_block(dy: Tensor, h: Tensor, activation: str, out: Tensor | None) -> Tensor:
+    """``[dy * f(g), dy * a * f'(g)]`` of one block, into ``out`` if given (same dtype as h)."""
+    if activation == "sigmoid":  # aten::glu_backward: the whole block in one call
+        if out is None:
+            return torch.ops.aten.glu_backward(dy, h, -1)
+        return torch.ops.aten.glu_backward.grad_input(dy, h, -1, grad_input=out)
+    units = dy.shape[-1]
+    dh = torch.empty_like(h) if out is None else out
+    a, g = h[:, :units], h[:, units:]
+    da, dg = dh[:, :units], dh[:, units:]
     f = _activate(g, activation) if activation != "linear" else g
-    torch.mul(dy, f, out=da)  # 16-bit: computed in float32, rounded once into dh
+    torch.mul(dy, f, out=da)
     dya = torch.mul(dy, a, out=f) if f is not g else dy * a  # f is dead: reuse its buffer
-    if half:
-        dg.copy_(_GATE_GRAD[activation](dya, g, None))
-    else:
-        _GATE_GRAD_INTO[activation](dya, g, None, dg)
+    _GATE_GRAD_INTO[activation](dya, g, None, dg)
     return dh
 
 
 def _grad_preactivation(dy: Tensor, h: Tensor, activation: str) -> Tensor:
-    """``dh = [dy * f(g), dy * a * f'(g)]`` in h's dtype (float32 math for 16-bit inputs)."""
-    if not torch.is_grad_enabled():  # plain backward; under create_graph the formula below
-        return _grad_preactivation_fast(dy, h, activation)
+    """``dh = [dy * f(g), dy * a * f'(g)]`` in h's dtype (float32 math for 16-bit inputs), made of
+    differentiable ops: the backward under create_graph (double backward)."""
     a, g = h.chunk(2, dim=-1)
     if _is_half(h):
         dy, a, g = dy.float(), a.float(), g.float()
@@ -185,21 +218,34 @@ def _glu_op_fake(x, w, b, activation, save):
 def _setup_context(ctx, inputs, output):
     x, w, b, activation, save = inputs
     ctx.activation, ctx.save, ctx.has_bias = activation, save, b is not None
+    ctx.set_materialize_grads(False)  # h's cotangent is None unless h is used (double backward)
     if save == "activations":
         ctx.save_for_backward(x, w, output[1])
     else:
         ctx.save_for_backward(x, w, b)
 
 
-def _backward(ctx, dy: Tensor, dh_extra: Tensor | None):
+def _backward(ctx, dy: Tensor | None, dh_extra: Tensor | None):
+    # Cotangents are not materialized: dh_extra (h's) is None but under double backward, where the
+    # first backward's use of h sends one; dy (out's) may then be None.
     x, w, saved = ctx.saved_tensors
-    h = saved if ctx.save == "activations" else _preactivation(x, w, saved)
-    dh = _grad_preactivation(dy, h, ctx.activation)
-    if dh_extra is not None:  # h is an output too: its cotangent arrives here under double backward
-        dh = dh + dh_extra
+    bias_grad, db = ctx.has_bias and ctx.needs_input_grad[2], None
+    if dy is None:
+        if dh_extra is None:
+            return None, None, None, None, None
+        dh = dh_extra
+    else:
+        h = saved if ctx.save == "activations" else _preactivation(x, w, saved)
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            dh = _grad_preactivation(dy, h, ctx.activation)
+        else:
+            dh, db = _grad_preactivation_fast(dy, h, ctx.activation, bias_grad and dh_extra is None)
+        if dh_extra is not None:
+            dh = dh + dh_extra
     dx = dh @ w.mT if ctx.needs_input_grad[0] else None
     dw = x.mT @ dh if ctx.needs_input_grad[1] else None
-    db = dh.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    if bias_grad and db is None:
+        db = dh.sum(0)
     return dx, dw, db, None, None
 
 
@@ -246,17 +292,19 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
         x, w, b = _autocast(x, dtype), _autocast(w, dtype), _autocast(b, dtype)
         with torch.autocast(device, enabled=False):
             return glu(x, w, b, spec)
-    x2 = x.reshape(-1, spec.features)
-    w2 = w.reshape(spec.features, 2 * spec.units)
-    b2 = None if b is None else b.reshape(2 * spec.units)
+    # Reshape only what is not 2-D already: at small sizes each reshape costs a fifth of the GEMM.
+    x2 = x if x.dim() == 2 else x.reshape(-1, spec.features)
+    w2 = w if spec.weight_rank == 2 else w.reshape(spec.features, 2 * spec.units)
+    b2 = b if b is None or b.dim() == 1 else b.reshape(2 * spec.units)
     name = spec.activation.name
-    if torch.is_grad_enabled() and (
-        x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
-    ):
+    if (
+        torch.is_grad_enabled()
+        and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+    ) or torch._C._are_functorch_transforms_active():  # torch.func: the op's vmap/autograd rules
         out = glu_op(x2, w2, b2, name, spec.save)[0]
     else:
         out = _epilogue(_preactivation(x2, w2, b2), name)
-    return out.reshape(*x.shape[:-1], spec.units)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], spec.units)
 
 
 def implementation(spec: GluSpec) -> str:
