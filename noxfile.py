@@ -1,6 +1,7 @@
 """nox sessions: `nox -s tests` (the whole suite, what CI runs) and `nox -s bench` (the benchmark).
 
-Every session installs with constraints.txt (torch pinned to the CPU wheel) and reuses its virtualenv.
+Every session installs with constraints.txt (torch pinned to the CPU wheel) and reuses its
+virtualenv.
 """
 
 from __future__ import annotations

@@ -69,23 +69,24 @@ def glu(
     """Gated linear unit: ``a * act(g)`` where ``[a | g] = x @ [W | V] + b``, with one matmul.
 
     Runs in the framework of its arguments (NumPy, JAX, PyTorch or TensorFlow) and returns that
-    framework's array, differentiable with a custom gradient that recomputes ``act(g)`` from the saved
-    pre-activation instead of keeping the unfused formula's three intermediates.
+    framework's array, differentiable with a custom gradient that recomputes ``act(g)`` from the
+    saved pre-activation instead of keeping the unfused formula's three intermediates.
 
     Precision: 16-bit inputs (float16, bfloat16) are multiplied with float32 accumulation; the
-    pre-activation ``h`` is rounded once to the input dtype (it is the matmul's output, and what backward
-    keeps); the activation and the product are then computed in float32 and rounded once. The backward
-    elementwise pass is computed the same way. (Libraries that round ``act(g)`` to 16 bits before the
-    multiply give slightly different bits.)
+    pre-activation ``h`` is rounded once to the input dtype (it is the matmul's output, and what
+    backward keeps); the activation and the product are then computed in float32 and rounded once.
+    The backward elementwise pass is computed the same way. (Libraries that round ``act(g)`` to 16
+    bits before the multiply give slightly different bits.)
 
     Args:
         x: inputs, shape (..., D), any number of leading dimensions (zero-size too).
         w: packed weight, (D, 2U) as ``[W | V]`` (value half first, gate half second, the order of
-            ``torch.nn.functional.glu`` and ``jax.nn.glu``), or (D, 2, U): the same bytes, the form that
-            stays local when U is sharded.
+            ``torch.nn.functional.glu`` and ``jax.nn.glu``), or (D, 2, U): the same bytes, the form
+            that stays local when U is sharded.
         b: bias, (2U,) or (2, U), or None.
-        activation: the gate's activation: "sigmoid" (GLU), "silu" or "swish" (SwiGLU), "gelu" (GeGLU,
-            exact erf), "gelu_tanh" (GeGLU, tanh approximation), "relu" (ReGLU), "linear" (bilinear).
+        activation: the gate's activation: "sigmoid" (GLU), "silu" or "swish" (SwiGLU), "gelu"
+            (GeGLU, exact erf), "gelu_tanh" (GeGLU, tanh approximation), "relu" (ReGLU), "linear"
+            (bilinear).
         save: what backward keeps: "activations" (x, w and h; no extra GEMM) or "input" (x, w and b
             only; backward recomputes h with one more GEMM, and nothing of size (..., U) is kept).
 
@@ -154,11 +155,12 @@ def explain(
         "activations": "x, w and the pre-activation h (..., 2U)",
         "input": "x, w and b only; h is recomputed in backward (one more GEMM)",
     }[spec.save]
+    weight = "(D, 2U)" if spec.weight_rank == 2 else "(D, 2, U)"
     return "\n".join(
         [
             f"backend: {backend.NAME} (x is {t.__module__}.{t.__qualname__})",
             f"op: {spec.activation.variant}, out = a * {spec.activation.name}(g), "
-            f"D={spec.features}, U={spec.units}, weight {'(D, 2U)' if spec.weight_rank == 2 else '(D, 2, U)'}"
+            f"D={spec.features}, U={spec.units}, weight {weight}"
             f", {'with' if spec.has_bias else 'no'} bias",
             f"implementation: {backend.implementation(spec)}",
             f"precision: {precision}",

@@ -1,10 +1,10 @@
 """The activation table: each gate activation as math, written once for every backend.
 
-A formula here receives the gate ``g`` and a *primitives* namespace ``p`` of the backend it runs on
-(``p.sigmoid``, ``p.tanh``, ``p.erf``, ``p.exp``, ``p.relu``, ``p.positive``), so one line of math serves
-NumPy, JAX, PyTorch and TensorFlow alike. Backends use their framework's own fused kernel for the
-forward value where one exists (``torch.nn.functional.silu``, ``jax.nn.gelu``, ...); the derivative always
-comes from here.
+A formula here receives the gate ``g`` and a *primitives* namespace ``p`` of the backend it runs
+on (``p.sigmoid``, ``p.tanh``, ``p.erf``, ``p.exp``, ``p.relu``, ``p.positive``), so one line of
+math serves NumPy, JAX, PyTorch and TensorFlow alike. Backends use their framework's own fused
+kernel for the forward value where one exists (``torch.nn.functional.silu``, ``jax.nn.gelu``, ...);
+the derivative always comes from here.
 
 ``glu_kernels.reference`` restates the same math in float64 independently of this table, on purpose:
 it is the oracle the tests hold this table to.

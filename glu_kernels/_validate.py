@@ -1,7 +1,8 @@
 """Every check on glu's arguments and every error message, in one place, for every backend.
 
 Backends report shapes as tuples (``None`` for a dimension unknown until run time, as in a
-``tf.function`` traced with an unknown batch size) and dtypes by name; nothing here imports a framework.
+``tf.function`` traced with an unknown batch size) and dtypes by name; nothing here imports a
+framework.
 Messages follow Keras' convention: say what was expected, then ``Received: ...``.
 """
 
@@ -87,7 +88,10 @@ def check(
     activation: str,
     save: str,
 ) -> GluSpec:
-    """Validates one glu call and returns its spec; raises ValueError or TypeError naming the inputs."""
+    """Validates one glu call and returns its spec.
+
+    Raises ValueError or TypeError naming the inputs.
+    """
     act = resolve_activation(activation)
     if save not in SAVE_MODES:
         raise ValueError(
@@ -114,8 +118,8 @@ def check(
             raise ValueError(f"w must have a static shape (D, 2U) or (D, 2, U). {received}")
         if two != 2:
             raise ValueError(
-                f"A 3-D w must have shape (D, 2, U): its middle axis indexes value (0) and gate (1). "
-                f"{received}"
+                "A 3-D w must have shape (D, 2, U): its middle axis indexes value (0) and gate "
+                f"(1). {received}"
             )
     else:
         raise ValueError(f"w must have shape (D, 2U) or (D, 2, U). {received}")
@@ -151,7 +155,8 @@ def _check_dtypes(x_dtype: str, w_dtype: str, b_dtype: str | None) -> None:
             )
     if w_dtype != x_dtype or (b_dtype is not None and b_dtype != x_dtype):
         raise TypeError(
-            f"x, w and b must share one dtype; cast them first (glu never casts silently). {received}"
+            "x, w and b must share one dtype; cast them first (glu never casts silently). "
+            f"{received}"
         )
 
 

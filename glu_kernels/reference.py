@@ -1,9 +1,9 @@
 """Float64 NumPy ground truth for glu: forward and vector-Jacobian product.
 
-Written for clarity, not speed, and deliberately independent of ``glu_kernels._activations`` (the math
-is restated here term by term), so that the tests hold the shared activation table to an oracle that
-does not share its code. Inputs of any float dtype (or anything ``numpy.asarray`` takes) are promoted
-to float64.
+Written for clarity, not speed, and deliberately independent of ``glu_kernels._activations`` (the
+math is restated here term by term), so that the tests hold the shared activation table to an oracle
+that does not share its code. Inputs of any float dtype (or anything ``numpy.asarray`` takes) are
+promoted to float64.
 
 Example:
     >>> import numpy as np

@@ -1,9 +1,9 @@
 """Moving test data between NumPy and each backend's framework, and the backend parameters.
 
-Test data is made in float64 NumPy, rounded to the dtype under test *in NumPy* (``round_to``), and only
-then converted: every value is then exactly representable in the target dtype, so the conversion is
-exact in every framework and the float64 reference can be evaluated on exactly the values the backend
-sees. ``to_numpy64`` brings a result back as float64 NumPy.
+Test data is made in float64 NumPy, rounded to the dtype under test *in NumPy* (``round_to``), and
+only then converted: every value is then exactly representable in the target dtype, so the
+conversion is exact in every framework and the float64 reference can be evaluated on exactly the
+values the backend sees. ``to_numpy64`` brings a result back as float64 NumPy.
 
 ``backend_params()`` gives one pytest param per backend (id = the backend's name, so ``-k torch``
 selects one backend), skipped where the framework is not installed.
@@ -57,7 +57,10 @@ def backend_dtype_params(backends=BACKENDS):
 
 
 def numpy_dtype(dtype: str) -> np.dtype:
-    """The NumPy dtype for a dtype name; bfloat16 comes from ml_dtypes (installed with JAX and TF)."""
+    """The NumPy dtype for a dtype name.
+
+    bfloat16 comes from ml_dtypes (installed with JAX and TF).
+    """
     if dtype == "bfloat16":
         ml_dtypes = pytest.importorskip("ml_dtypes")
         return np.dtype(ml_dtypes.bfloat16)
@@ -72,7 +75,7 @@ def finfo(dtype: str):
 
 
 def round_to(a, dtype: str) -> np.ndarray:
-    """``a`` rounded to ``dtype`` (round to nearest even), returned as float64 NumPy; subnormals -> 0.
+    """``a`` rounded to ``dtype`` (round to nearest even), as float64 NumPy; subnormals -> 0.
 
     Inputs are kept free of subnormals (the array-api-tests habit): flush-to-zero modes (TensorFlow
     sets them on its CPU threads) would otherwise make a correct backend differ from the reference.
@@ -149,7 +152,10 @@ def array_type(backend: str) -> tuple[type, ...]:
 
 
 def forward(backend: str, x, w, b, dtype: str, **kwargs):
-    """``glu_kernels.glu`` on the backend's arrays of ``dtype`` made from NumPy data; the raw result."""
+    """``glu_kernels.glu`` on the backend's arrays of ``dtype`` made from NumPy data.
+
+    Returns the raw result, in the backend's framework.
+    """
     import glu_kernels as gk
 
     conv = [None if a is None else to_backend(backend, a, dtype) for a in (x, w, b)]
@@ -188,7 +194,8 @@ def gradients(backend: str, x, w, b, dy, dtype: str, **kwargs):
         grads = tape.gradient(loss, args)
     else:
         raise AssertionError(f"{backend} has no gradients")
-    for g, a in zip(grads, (x, w, b)):
+    # one gradient per array passed (no db without a bias)
+    for g, a in zip(grads, [arr for arr in (x, w, b) if arr is not None], strict=True):
         assert g is not None, f"{backend}: no gradient"
         assert tuple(g.shape) == np.shape(a), (
             f"{backend}: gradient shape {tuple(g.shape)} != {np.shape(a)}"

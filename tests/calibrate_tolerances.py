@@ -1,11 +1,17 @@
-"""Measures the largest error/scale ratio of every backend and dtype: the figures behind tolerances.py.
+"""Measures the largest error/scale ratio of every backend and dtype.
+
+These are the figures behind tolerances.py.
 
     python tests/calibrate_tolerances.py [examples per backend, dtype and activation]   (default 60)
 
-Prints, per dtype, the max of ``error_ratio`` (see tolerances.py) over forward outputs and gradients,
-with the backend and activation where it occurred. Set RTOL to ~4x the figure (not below the unit
-roundoff) and write the figure beside it.
+Prints, per dtype, the max of ``error_ratio`` (see tolerances.py) over forward outputs and
+gradients, with the backend and activation where it occurred. Set RTOL to ~4x the figure (not below
+the unit roundoff) and write the figure beside it.
 """
+
+# B023: the hypothesis @given function `run` is defined and run within the same loop iteration, so
+# its loop variables are always current; binding them as defaults would clash with @given.
+# ruff: noqa: B023
 
 from __future__ import annotations
 
@@ -67,7 +73,9 @@ def main(n: int) -> None:
                     )
                     refs = glu_reference_vjp(c.x, c.w, c.b, c.dy, act)
                     scales = gradient_scales(c.x, c.w, c.b, c.dy, act, dtype)
-                    for name, g, r, s in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales):
+                    for name, g, r, s in zip(
+                        ("dx", "dw", "db"), (dx, dw, db), refs, scales, strict=True
+                    ):
                         if r is not None:
                             record(
                                 dtype,

@@ -1,14 +1,15 @@
 """Shared test setup: hypothesis profiles, and JAX's float64 mode.
 
-Hypothesis profiles (array-api-tests habit: settings behind flags, a failure prints how to reproduce):
+Hypothesis profiles (array-api-tests habit: settings behind flags, a failure prints how to
+reproduce):
 
     default   fast, random: the developer's loop (`pytest -m "not keras and not sharding"`)
     ci        derandomized (the same examples on every run), 4x more examples, no deadline, and
               print_blob=True so a failing example prints the `@reproduce_failure(...)` line
 
-The profile is taken from the environment variable HYPOTHESIS_PROFILE, else ``ci`` when CI=true, else
-``default``. Tests size their example counts with ``strategies.examples(n)`` (n examples under the
-default profile, scaled with the loaded profile), so one switch here scales the whole suite.
+The profile is taken from the environment variable HYPOTHESIS_PROFILE, else ``ci`` when CI=true,
+else ``default``. Tests size their example counts with ``strategies.examples(n)`` (n examples under
+the default profile, scaled with the loaded profile), so one switch here scales the whole suite.
 
 JAX: float64 is one of the dtypes under test, so x64 mode is switched on once, here, for the whole
 process (only if JAX is installed; importing it is cheap next to the tests that use it).

@@ -2,8 +2,9 @@
 subnormals), and ``examples(n)`` to size a test's example count with the loaded profile.
 
 Sizes are drawn from a short list, not from a full range: every distinct shape costs a trace and a
-compile in JAX (and a retrace in TF functions), so capping the number of distinct shapes is what keeps
-the suite fast, while the list still covers 1, small primes, powers of two and the ~96 upper end.
+compile in JAX (and a retrace in TF functions), so capping the number of distinct shapes is what
+keeps the suite fast, while the list still covers 1, small primes, powers of two and the ~96 upper
+end.
 Values are drawn from a seeded NumPy generator (a failing example reports its seed, which reproduces
 it exactly); w is scaled by 1/sqrt(D) so the pre-activation stays O(1) whatever D is.
 """

@@ -18,8 +18,8 @@ FRAMEWORKS = ("tensorflow", "torch", "jax", "keras")
 
 
 def test_import_and_numpy_calls_import_no_framework():
-    """``import glu_kernels`` (and using it on NumPy arrays, and available_backends/explain) must not
-    import TensorFlow, torch or JAX: checked in a fresh interpreter."""
+    """``import glu_kernels`` (and using it on NumPy arrays, and available_backends/explain) must
+    not import TensorFlow, torch or JAX: checked in a fresh interpreter."""
     code = f"""
 import json, sys
 import numpy as np

@@ -1,8 +1,8 @@
 """The bad-input catalogue (OpInfo's ErrorInputs): every backend, NumPy included, raises the same
 exception type with the same words, and no framework-internal exception type leaks out.
 
-Each entry is checked by exact type (ValueError/TypeError themselves, not a framework's subclass) and
-by a message regex; shape errors must say ``Received:`` with the shapes.
+Each entry is checked by exact type (ValueError/TypeError themselves, not a framework's subclass)
+and by a message regex; shape errors must say ``Received:`` with the shapes.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ CATALOGUE = [
         (6,),
         None,
         ValueError,
-        r"w must have shape \(D, 2U\) or \(D, 2, U\)\. Received: x\.shape=\(4, 6\), w\.shape=\(6,\)",
+        r"w must have shape \(D, 2U\) or \(D, 2, U\)\. "
+        r"Received: x\.shape=\(4, 6\), w\.shape=\(6,\)",
     ),
     ErrorInput(
         "w_rank4",
@@ -179,7 +180,7 @@ CATALOGUE = [
 def _make(backend, case: ErrorInput):
     rng = np.random.default_rng(0)
     arrays = []
-    for shape, dtype in zip((case.x, case.w, case.b), case.dtypes):
+    for shape, dtype in zip((case.x, case.w, case.b), case.dtypes, strict=True):
         if shape is None:
             arrays.append(None)
             continue

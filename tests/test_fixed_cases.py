@@ -31,7 +31,7 @@ def _inputs(lead, d=5, u=4, seed=0, weight_3d=False, bias="flat", dtype="float64
     return x, w, b, dy
 
 
-# --- output type, dtype and shape; empty batches ---------------------------------------------------
+# --- output type, dtype and shape; empty batches --------------------------------------------------
 
 LEADING = [(), (1,), (6,), (2, 3), (2, 1, 3), (0,), (3, 0), (0, 2, 4)]
 
@@ -65,7 +65,7 @@ def test_empty_batch_gradients(backend, save, lead):
     assert db.shape == b.shape and (db == 0).all()
 
 
-# --- torch: non-contiguous and transposed inputs -----------------------------------------------------
+# --- torch: non-contiguous and transposed inputs --------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
@@ -111,11 +111,11 @@ def test_torch_noncontiguous_and_transposed_inputs(backend, activation, dtype):
         grads = torch.autograd.grad(out, (xt, wt, bt), torch.tensor(dy).to(tdtype))
         refs = glu_reference_vjp(x, w, b, dy, activation)
         scales = gradient_scales(x, w, b, dy, activation, dtype)
-        for name, got, ref, scale in zip(("dx", "dw", "db"), grads, refs, scales):
+        for name, got, ref, scale in zip(("dx", "dw", "db"), grads, refs, scales, strict=True):
             assert_close(ba.to_numpy64(got), ref, scale, dtype, what=name)
 
 
-# --- saturated gates -------------------------------------------------------------------------------
+# --- saturated gates ------------------------------------------------------------------------------
 
 
 def _saturated(dtype):
@@ -151,7 +151,7 @@ def test_saturated_gates(backend, dtype, activation):
             assert (dw[1, :4] == 0).all()
 
 
-# --- NaN and Inf -----------------------------------------------------------------------------------
+# --- NaN and Inf ----------------------------------------------------------------------------------
 
 
 def _nonfinite_inputs(dtype):
@@ -170,8 +170,9 @@ def _nonfinite_inputs(dtype):
 def test_nan_and_inf_propagate_like_the_unfused_formula(backend, dtype, activation):
     """NaN in x or w gives NaN where the unfused formula a * f(g) gives it; +-Inf give the same
     infinities. Exception, GeGLU (erf) at an infinite gate: the mathematical value is +-inf, but
-    frameworks' own erf/gelu kernels give NaN there in some dtypes and vector lanes (ATen's vectorised
-    gelu; TensorFlow's float64 erf(inf)), as their unfused formula would: only "non-finite" is required."""
+    frameworks' own erf/gelu kernels give NaN there in some dtypes and vector lanes (ATen's
+    vectorised gelu; TensorFlow's float64 erf(inf)), as their unfused formula would: only
+    "non-finite" is required."""
     x, w = _nonfinite_inputs(dtype)
     with np.errstate(all="ignore"):
         expected = glu_reference(x, w, None, activation)

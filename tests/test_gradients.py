@@ -1,8 +1,8 @@
 """Backward correctness of the JAX, torch and TensorFlow backends (NumPy is forward only).
 
-* Property-based: dx, dw, db from each framework's own autodiff against ``glu_reference_vjp`` (float64,
-  on the rounded inputs), every activation, both save modes, every dtype, 2-D and 3-D weights (the
-  gradient has w's shape), bias (2U,), (2, U) or None.
+* Property-based: dx, dw, db from each framework's own autodiff against ``glu_reference_vjp``
+  (float64, on the rounded inputs), every activation, both save modes, every dtype, 2-D and 3-D
+  weights (the gradient has w's shape), bias (2U,), (2, U) or None.
 * Finite differences in float64: torch ``gradcheck`` and ``gradgradcheck``; JAX ``check_grads`` to
   second order in reverse mode; TensorFlow gradients through tf.Variables.
 """
@@ -36,7 +36,9 @@ def test_gradients_match_reference(backend, activation, save):
         )
         refs = glu_reference_vjp(c.x, c.w, c.b, c.dy, activation)
         scales = gradient_scales(c.x, c.w, c.b, c.dy, activation, dtype)
-        for name, got, ref, scale in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales):
+        for name, got, ref, scale in zip(
+            ("dx", "dw", "db"), (dx, dw, db), refs, scales, strict=True
+        ):
             if ref is None:
                 assert got is None
                 continue
@@ -48,7 +50,10 @@ def test_gradients_match_reference(backend, activation, save):
 
 
 def _gates_away_from_kink(x, w, b, margin=1e-2):
-    """True when no gate pre-activation is within ``margin`` of 0 (ReLU's kink breaks finite differences)."""
+    """True when no gate pre-activation is within ``margin`` of 0.
+
+    ReLU's kink breaks finite differences.
+    """
     w2 = w.reshape(w.shape[0], -1)
     h = x @ w2 + (0 if b is None else b.reshape(-1))
     return bool((np.abs(h[..., w2.shape[1] // 2 :]) > margin).all())
@@ -121,20 +126,24 @@ def test_tensorflow_variable_gradients(backend, activation, save):
     tf = pytest.importorskip("tensorflow")
     import glu_kernels as gk
 
+    def make_loss(xv, wv, bv, dy):
+        def loss():
+            return tf.reduce_sum(gk.glu(xv, wv, bv, activation=activation, save=save) * dy)
+
+        return loss
+
     for weight_3d, bias, lead in [(False, "flat", (3,)), (True, "split", (2, 2))]:
         x, w, b = _float64_inputs(2, lead, weight_3d=weight_3d, bias=bias)
         dy = np.random.default_rng(3).uniform(-1, 1, (*lead, 3))
         xv, wv, bv = (tf.Variable(a) for a in (x, w, b))
         refs = glu_reference_vjp(x, w, b, dy, activation)
         scales = gradient_scales(x, w, b, dy, activation, "float64")
-
-        def loss():
-            return tf.reduce_sum(gk.glu(xv, wv, bv, activation=activation, save=save) * dy)
+        loss = make_loss(xv, wv, bv, dy)
 
         for run in (loss, tf.function(loss)):
             with tf.GradientTape() as tape:
                 value = run()
             grads = tape.gradient(value, [xv, wv, bv])
-            for name, got, ref, scale in zip(("dx", "dw", "db"), grads, refs, scales):
+            for name, got, ref, scale in zip(("dx", "dw", "db"), grads, refs, scales, strict=True):
                 assert tuple(got.shape) == ref.shape
                 assert_close(got.numpy(), ref, scale, "float64", what=f"tensorflow {name}")

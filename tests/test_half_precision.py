@@ -1,16 +1,16 @@
 """The 16-bit numerics contract, checked to the half-ulp (DESIGN.md, "Numerics contract").
 
-For float16/bfloat16 inputs, the epilogue ``a * f(g)`` (and the backward elementwise pass) is computed
-in float32 and rounded *once* to the 16-bit dtype. The tolerance-based parity tests cannot tell that
-from an epilogue computed in 16 bits (which is only ~1-2 ulp worse), so this test removes every other
-source of error and checks the rounding itself:
+For float16/bfloat16 inputs, the epilogue ``a * f(g)`` (and the backward elementwise pass) is
+computed in float32 and rounded *once* to the 16-bit dtype. The tolerance-based parity tests cannot
+tell that from an epilogue computed in 16 bits (which is only ~1-2 ulp worse), so this test removes
+every other source of error and checks the rounding itself:
 
 * inputs with few significant bits (x in multiples of 1/4, w in multiples of 1/8, D <= 8), so that
   the matmul, in float32 or even in float16 accumulation, is exact, and h = round16(x @ W2 + b) is
   known exactly;
-* then ``a * f(g)`` from those 16-bit halves is evaluated in float64 and the backend's result must be
-  within half an ulp of it (plus 1% of an ulp for float32's own error in f). An epilogue rounded in
-  16 bits (act, then the product) misses by up to ~1.5 ulp.
+* then ``a * f(g)`` from those 16-bit halves is evaluated in float64 and the backend's result must
+  be within half an ulp of it (plus 1% of an ulp for float32's own error in f). An epilogue rounded
+  in 16 bits (act, then the product) misses by up to ~1.5 ulp.
 * backward: with a single row (1-D x), ``db = dh`` exactly, and ``dh = [dy f(g), dy a f'(g)]`` must
   also be the float64 value rounded once.
 """
@@ -35,9 +35,9 @@ def _ulp(v, dtype):
 
 
 def _slack(a, g):
-    """Float32's absolute error in ``a * f(g)``: a few float32 ulps of |a| (1 + |g|). It matters only
-    in GeGLU's negative tail, where f(g) = g * (1 + erf(g / sqrt 2)) / 2 cancels to ~1e-7 in float32
-    (as in every float32 gelu); elsewhere it is < 1% of a 16-bit ulp."""
+    """Float32's absolute error in ``a * f(g)``: a few float32 ulps of |a| (1 + |g|). It matters
+    only in GeGLU's negative tail, where f(g) = g * (1 + erf(g / sqrt 2)) / 2 cancels to ~1e-7 in
+    float32 (as in every float32 gelu); elsewhere it is < 1% of a 16-bit ulp."""
     return 8 * 2.0**-24 * np.abs(a) * (1 + np.abs(g))
 
 

@@ -20,7 +20,10 @@ B, D, U = 64, 8, 48  # B*U (3072) larger than x (512) and w (768): sizes cannot 
 
 
 def _saved(fn, *inputs):
-    """Storages autograd keeps for backward during ``fn(*inputs)``: {data_ptr: bytes}, minus inputs."""
+    """Storages autograd keeps for backward during ``fn(*inputs)``.
+
+    Returns {data_ptr: bytes}, minus the inputs' own storages.
+    """
     saved = {}
 
     def pack(t):

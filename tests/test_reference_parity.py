@@ -1,9 +1,10 @@
-"""Forward correctness: every backend against the float64 reference, and the backends against each other.
+"""Forward correctness: every backend against the float64 reference, and the backends against
+each other.
 
-Property-based: hypothesis draws leading shapes (1-D x, zero-size batches, 1-3 leading dims), D and U
-up to 96, 2-D or 3-D weights, bias (2U,), (2, U) or None; every activation and every dtype each backend
-supports. 16-bit inputs are compared with the reference evaluated on the 16-bit-rounded inputs
-(strategies.cases rounds before anything sees the data). Tolerances: tests/tolerances.py.
+Property-based: hypothesis draws leading shapes (1-D x, zero-size batches, 1-3 leading dims), D and
+U up to 96, 2-D or 3-D weights, bias (2U,), (2, U) or None; every activation and every dtype each
+backend supports. 16-bit inputs are compared with the reference evaluated on the 16-bit-rounded
+inputs (strategies.cases rounds before anything sees the data). Tolerances: tests/tolerances.py.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def _available(dtype):
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_backends_agree_with_each_other(dtype):
-    """The same inputs through every installed backend: pairwise within twice one backend's bound."""
+    """The same inputs through every installed backend.
+
+    Pairwise within twice one backend's bound.
+    """
     backends = _available(dtype)
     if len(backends) < 2:
         pytest.skip(f"fewer than two backends support {dtype}: {backends}")

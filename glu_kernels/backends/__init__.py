@@ -1,1 +1,4 @@
-"""One module per framework, each with the same interface: NAME, shape, dtype_name, glu, implementation."""
+"""One module per framework, each with the same interface.
+
+Every backend module provides: NAME, shape, dtype_name, glu, implementation.
+"""

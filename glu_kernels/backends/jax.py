@@ -50,7 +50,10 @@ _FORWARD = {
 
 
 def _preactivation(x, w3, b3, compute_dtype):
-    """``h = x @ w3 + b3``, shape (..., 2, U): accumulated in compute_dtype, rounded once to x's dtype."""
+    """``h = x @ w3 + b3``, shape (..., 2, U).
+
+    Accumulated in compute_dtype, rounded once to x's dtype.
+    """
     h = jnp.einsum("...d,dku->...ku", x, w3, preferred_element_type=compute_dtype)
     if b3 is not None:
         h = h + b3.astype(compute_dtype)
@@ -114,8 +117,8 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
     glu3.defvjp(glu3_fwd, glu3_bwd)
 
     def glu_packed(x, w, b):
-        # w (D, 2U) or (D, 2, U), b (2U,) or (2, U): reshaped inside the jit, where it is free (an eager
-        # reshape is one more dispatch and a copy of the weight on every call)
+        # w (D, 2U) or (D, 2, U), b (2U,) or (2, U): reshaped inside the jit, where it is free (an
+        # eager reshape is one more dispatch and a copy of the weight on every call)
         d, u = w.shape[0], w.shape[-1] // (2 if w.ndim == 2 else 1)
         return glu3(x, w.reshape(d, 2, u), None if b is None else b.reshape(2, u))
 
@@ -130,5 +133,6 @@ def glu(x: jax.Array, w: jax.Array, b: jax.Array | None, spec: GluSpec) -> jax.A
 def implementation(spec: GluSpec) -> str:
     return (
         "jax.jit of a jax.custom_vjp: einsum '...d,dku->...ku' on the (D, 2, U) weight (no reshape "
-        "of the U axis, so U-sharded weights need no collective), epilogue and backward pass fused by XLA"
+        "of the U axis, so U-sharded weights need no collective), epilogue and backward pass fused "
+        "by XLA"
     )

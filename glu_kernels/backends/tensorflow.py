@@ -1,8 +1,8 @@
 """TensorFlow backend: one ``tf.linalg.matmul`` on the packed weight under ``tf.custom_gradient``.
 
-Works eagerly, in ``tf.function`` (also with an unknown batch size), under ``jit_compile=True`` and in
-SavedModels. ``tf.Variable`` arguments are read once outside the custom gradient, so TensorFlow's own
-variable tracking delivers their gradients.
+Works eagerly, in ``tf.function`` (also with an unknown batch size), under ``jit_compile=True`` and
+in SavedModels. ``tf.Variable`` arguments are read once outside the custom gradient, so TensorFlow's
+own variable tracking delivers their gradients.
 """
 
 from __future__ import annotations
