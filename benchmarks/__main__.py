@@ -1,10 +1,10 @@
-"""`python -m benchmarks [--quick | --full] [--update-readme] ...`: the project's benchmark (`nox -s bench`).
+"""The project's benchmark: `nox -s bench`, or `python -m benchmarks [--quick | --full] ...`.
 
-Per backend, shape and dtype it times glu_kernels.glu, the unfused formula, one GEMM + the framework's
-glu, the framework's compiler on the unfused formula, and the GEMM floors, forward and forward+backward,
-interleaved in one process; measures the bytes kept for backward; runs a Keras training step per Keras
-backend in a subprocess; prints rich tables and writes results/latest.json and results/latest.png.
-"""
+Per backend, shape and dtype it times glu_kernels.glu, the unfused formula, one GEMM + the
+framework's glu, the framework's compiler on the unfused formula, and the GEMM floors, forward and
+forward+backward, interleaved in one process; measures the bytes kept for backward; runs a Keras
+training step per Keras backend in a subprocess; prints rich tables and writes results/latest.json
+and results/latest.png."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""JAX variants: fused glu, unfused formula (eager, op by op), x@W2 + jax.nn.glu (eager), jax.jit of the
-unfused formula, and the jitted GEMM floors. Every call ends in block_until_ready."""
+"""JAX variants: fused glu, unfused formula (eager, op by op), x@W2 + jax.nn.glu (eager), jax.jit of
+the unfused formula, and the jitted GEMM floors. Every call ends in block_until_ready."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -
 
 
 def _same(leaf, arg) -> bool:
-    """Whether a residual is an input (the same array, or a reshape of it such as w as (D, 2, U))."""
+    """Whether a residual is an input (the same array, or a reshape of it, e.g. w as (D, 2, U))."""
     if leaf is arg:
         return True
     if leaf.size != arg.size or leaf.dtype != arg.dtype:
@@ -189,5 +189,6 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
             "largest_saved_non_input_elems": max((int(l_.size) for l_ in others), default=0),
             "B*U": bu,
             "train_step_temp_bytes": temp,
+            "peak_step_bytes": temp,  # XLA's scratch for the jitted step: its peak beyond args/outs
         }
     return res

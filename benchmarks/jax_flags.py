@@ -1,11 +1,11 @@
-"""Which XLA:CPU flags make JAX's GEMMs (and glu) faster on this machine: `python -m benchmarks.jax_flags`.
+"""Which XLA:CPU flags make JAX's GEMMs (and glu) faster on this machine: `python -m
+benchmarks.jax_flags`.
 
-XLA_FLAGS are read once per process, so every configuration runs in its own subprocess. To cancel the
-machine's drift between processes, each child also times a NumPy GEMM of the same shape (unaffected by
-XLA flags; one thread, so it does not fight XLA's pool) and reports JAX times as multiples of it, beside
-the raw medians; configurations run in rotated order, twice each.
-A flag that jaxlib does not know makes the child fail ("Unknown flags in XLA_FLAGS"): reported as such.
-"""
+XLA_FLAGS are read once per process, so every configuration runs in its own subprocess. To cancel
+the machine's drift between processes, each child also times a NumPy GEMM of the same shape
+(unaffected by XLA flags; one thread, so it does not fight XLA's pool) and reports JAX times as
+multiples of it, beside the raw medians; configurations run in rotated order, twice each. A flag
+that jaxlib does not know makes the child fail ("Unknown flags in XLA_FLAGS"): reported as such."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ CONFIGS = {
     "onednn": "--xla_cpu_use_onednn=true",
     "onednn_fusion_dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
     "onednn_fusion_dot_eltwise": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise",
-    "onednn_custom_call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "onednn_custom_call": (
+        "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true"
+    ),
     "xnnpack": "--xla_cpu_use_xnnpack=true",
     "ynn_fusion_dot": "--xla_cpu_experimental_ynn_fusion_type=dot",
     "no_xnnpack": "--xla_cpu_use_xnnpack=false",

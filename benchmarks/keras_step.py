@@ -1,7 +1,7 @@
-"""A Keras training step: a model with glu_keras.GatedLinearUnit vs the same model with the KMR-style
-two-Dense layer, under one Keras backend. Keras picks its backend once per process, so ``run`` starts
-``python -m benchmarks.keras_step`` once per backend with KERAS_BACKEND set; the child prints one JSON
-line."""
+"""A Keras training step: a model with glu_keras.GatedLinearUnit vs the same model with the
+KMR-style two-Dense layer, under one Keras backend. Keras picks its backend once per process, so
+``run`` starts ``python -m benchmarks.keras_step`` once per backend with KERAS_BACKEND set; the
+child prints one JSON line."""
 
 from __future__ import annotations
 

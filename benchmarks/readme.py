@@ -1,4 +1,4 @@
-"""Rewrites the README section between <!-- bench:start --> and <!-- bench:end --> (and nothing else)."""
+"""Rewrites the README's benchmark section, between its bench:start and bench:end markers only."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def section(result: dict, png: str) -> str:
         "(forward: `x @ [W|V] + b`; train: the three GEMMs `x@W2`, `dh@W2^T`, `x^T@dh`), "
         "IQR in % of the median; variants timed interleaved in one process.",
         "",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, AVX-512: {'yes' if m.get('avx512') else 'no'}, "
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, "
+        f"AVX-512: {'yes' if m.get('avx512') else 'no'}, "
         f"AMX: {'yes' if m.get('amx') else 'no (not exposed)'}; "
         + ", ".join(
             f"{k} {m[k]}"

@@ -1,4 +1,5 @@
-"""The report: a rich table in the terminal, the raw JSON, and a PNG of each variant as % of its floor."""
+"""The report: a rich table in the terminal, the raw JSON, and a PNG of each variant as % of its
+floor."""
 
 from __future__ import annotations
 
@@ -135,6 +136,19 @@ def targets(result: dict) -> list[dict]:
                             met=None,
                         )
                     )
+                pf, pu = f.get("peak_step_bytes"), u.get("peak_step_bytes")
+                if pf and pu:
+                    rows.append(
+                        dict(
+                            target="SwiGLU peak of a training step fused/unfused (no target)",
+                            backend=backend,
+                            shape=shape,
+                            dtype=dtype,
+                            value=pf / pu,
+                            spread=None,
+                            met=None,
+                        )
+                    )
                 inp = mm["fused (save=input)"]
                 rel = inp["largest_saved_non_input_elems"] / inp["B*U"]
                 rows.append(
@@ -192,7 +206,10 @@ def print_tables(result: dict, console) -> None:
         console.print(table)
     if result.get("memory"):
         table = Table(
-            title="bytes saved for backward (beyond x, w, b) / total", title_justify="left"
+            title="memory: saved for backward beyond x, w, b / saved in all / "
+            "peak of a training step "
+            "(torch: resident-set rise; jax: XLA scratch of the jitted step)",
+            title_justify="left",
         )
         for col in (
             "backend",
@@ -212,13 +229,14 @@ def print_tables(result: dict, console) -> None:
                     for act, m in per_act.items():
 
                         def f(k):
+                            if k not in m:
+                                return "-"
+                            peak = m[k].get("peak_step_bytes")
                             return (
-                                (
-                                    f"{m[k]['activation_bytes'] / 2**20:.2f} / "
-                                    f"{m[k]['total_bytes'] / 2**20:.2f} MiB"
-                                )
-                                if k in m
-                                else "-"
+                                f"{m[k]['activation_bytes'] / 2**20:.2f} / "
+                                f"{m[k]['total_bytes'] / 2**20:.2f} / "
+                                + ("-" if peak is None else f"{peak / 2**20:.1f}")
+                                + " MiB"
                             )
 
                         u = m["unfused"]["activation_bytes"]
@@ -301,7 +319,9 @@ def plot(result: dict, path: Path) -> None:
     )
     colors = {
         v: c
-        for v, c in zip(ORDER, ("tab:green", "tab:red", "tab:orange", "tab:purple", "tab:gray"))
+        for v, c in zip(
+            ORDER, ("tab:green", "tab:red", "tab:orange", "tab:purple", "tab:gray"), strict=True
+        )
     }
     for i, phase in enumerate(PHASES):
         for j, backend in enumerate(backends):
@@ -315,7 +335,7 @@ def plot(result: dict, path: Path) -> None:
             width = 0.8 / max(1, len(variants))
             for n, v in enumerate(variants):
                 xs, ys, err = [], [], [[], []]
-                for g, (k, row) in enumerate(groups):
+                for g, (_, row) in enumerate(groups):
                     if v in row:
                         f, s = row[FLOOR]["stats"]["median"], row[v]["stats"]
                         xs.append(g + n * width)
@@ -327,7 +347,7 @@ def plot(result: dict, path: Path) -> None:
             ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
             ax.set_xticklabels(
                 [
-                    f"{result['shapes'][k[1]]['label']}\n{k[2].replace('float', 'f').replace('bf', 'bf')}"
+                    f"{result['shapes'][k[1]]['label']}\n{k[2].replace('float', 'f')}"
                     for k, _ in groups
                 ],
                 fontsize=6,

@@ -1,5 +1,6 @@
-"""TensorFlow variants (eager unless compiled): fused glu, unfused formula, matmul + split/sigmoid/mul,
-tf.function(jit_compile=True) of the unfused formula, and eager GEMM floors. Every call ends in .numpy()."""
+"""TensorFlow variants (eager unless compiled): fused glu, unfused formula, matmul +
+split/sigmoid/mul, tf.function(jit_compile=True) of the unfused formula, and eager GEMM floors.
+Every call ends in .numpy()."""
 
 from __future__ import annotations
 

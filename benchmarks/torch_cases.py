@@ -1,4 +1,5 @@
-"""PyTorch variants: fused glu, unfused KMR-style formula, addmm + F.glu, torch.compile, GEMM floors."""
+"""PyTorch variants: fused glu, unfused KMR-style formula, addmm + F.glu, torch.compile, GEMM
+floors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 import glu_kernels
 from benchmarks.cases import Shape
+from benchmarks.peak_memory import peak_bytes
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
 _ACT = {
@@ -179,6 +181,8 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
             "activation_bytes": beyond,
             "largest_saved_non_input_elems": largest_other,
             "B*U": bu,
+            # a whole training step (forward, backward to dx, dW, db) above the inputs' memory
+            "peak_step_bytes": peak_bytes(_grad_step(fn, [t[k] for k in keys], t["dy"])),
         }
         del inputs
     return res
