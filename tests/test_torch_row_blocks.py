@@ -1,0 +1,46 @@
+"""torch runs its epilogue and its plain (non-create_graph) backward pass on row blocks of about
+``_BLOCK_BYTES`` of float32 (1 MiB), so the temporaries stay in cache; 16-bit inputs in float32,
+rounded once; db summed block by block. The property tests' shapes never make h that large, so no
+other test sees more than one block: here h spans two full blocks and a partial one, in every dtype,
+forward and backward (dx, dw and the per-block db).
+"""
+
+from __future__ import annotations
+
+import backend_arrays as ba
+import numpy as np
+import pytest
+from strategies import ACTIVATIONS
+from tolerances import assert_close, gradient_scales, output_scale
+
+from glu_kernels.reference import glu_reference, glu_reference_vjp
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", ba.DTYPES["torch"])
+def test_torch_row_blocks_cover_every_row(dtype, activation):
+    from glu_kernels.backends import torch as torch_backend
+
+    d, u = 8, 128
+    step = max(8, torch_backend._BLOCK_BYTES // (4 * 2 * u))  # rows per block, as _row_blocks
+    rows = 2 * step + 37  # two full blocks and a partial one
+    # Positive data: h, f(g), f'(g) and dh are all positive, so the sums over rows (dw, db) cannot
+    # cancel, and a block left out moves them by a large fraction of their error scale even in
+    # bfloat16 (with random signs a dropped block can hide within sqrt(rows) of cancellation).
+    rng = np.random.default_rng(7)
+    x = ba.round_to(rng.uniform(0.5, 1.0, (rows, d)), dtype)
+    w = ba.round_to(rng.uniform(0.0, 1.0, (d, 2 * u)) * np.sqrt(3.0 / d), dtype)
+    b = ba.round_to(rng.uniform(0.0, 1.0, 2 * u), dtype)
+    dy = ba.round_to(rng.uniform(0.5, 1.0, (rows, u)), dtype)
+
+    out = ba.to_numpy64(ba.forward("torch", x, w, b, dtype, activation=activation))
+    scale = output_scale(x, w, b, activation)
+    assert_close(out, glu_reference(x, w, b, activation), scale, dtype, f"torch {activation} out")
+
+    _, dx, dw, db = ba.gradients("torch", x, w, b, dy, dtype, activation=activation)
+    refs = glu_reference_vjp(x, w, b, dy, activation)
+    scales = gradient_scales(x, w, b, dy, activation, dtype)
+    for name, got, ref, s in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales, strict=True):
+        assert_close(got, ref, s, dtype, f"torch {activation} {name}")
