@@ -72,7 +72,9 @@ def section(result: dict, png: str) -> str:
             "",
             "Keras training step, `GatedLinearUnit` / KMR-style two-Dense layer: "
             + ", ".join(
-                f"{k['backend']} {r['label']} {r['ratio_glu_to_kmr']:.2f}x" for k, r in keras_rows
+                f"{k['backend']} {r['label']} {k.get('dtype_policy', '')}: "
+                f"{r['ratio_glu_to_kmr']:.2f}x"
+                for k, r in keras_rows
             ),
         ]
     lines += ["", f"![each variant as % of its GEMM floor]({png})", "", END]

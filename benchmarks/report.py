@@ -166,6 +166,7 @@ def targets(result: dict) -> list[dict]:
 
 
 def print_tables(result: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     idx = _index(result["timings"])
@@ -208,7 +209,7 @@ def print_tables(result: dict, console) -> None:
         table = Table(
             title="memory: saved for backward beyond x, w, b / saved in all / "
             "peak of a training step "
-            "(torch: resident-set rise; jax: XLA scratch of the jitted step)",
+            "(torch: tensor bytes allocated and alive; jax: XLA scratch of the jitted step)",
             title_justify="left",
         )
         for col in (
@@ -262,16 +263,17 @@ def print_tables(result: dict, console) -> None:
             title="Keras training step (train_on_batch): glu_keras / KMR-style",
             title_justify="left",
         )
-        for col in ("backend", "shape", "glu_keras ms", "kmr_style ms", "ratio"):
+        for col in ("backend", "dtype policy", "shape", "glu_keras ms", "kmr_style ms", "ratio"):
             table.add_column(col)
         for k in result["keras"]:
             if "skipped" in k:
-                table.add_row(k["backend"], "-", "-", "-", f"skipped: {k['skipped'][:80]}")
+                table.add_row(k["backend"], "-", "-", "-", "-", f"skipped: {k['skipped'][:80]}")
                 continue
             for r in k["results"]:
                 g, m = r["stats"]["glu_keras"], r["stats"]["kmr_style"]
                 table.add_row(
                     k["backend"],
+                    k.get("dtype_policy", "-"),
                     r["label"],
                     f"{g['median'] * 1e3:.3g} ({g['iqr_pct']:.0f}%)",
                     f"{m['median'] * 1e3:.3g} ({m['iqr_pct']:.0f}%)",
@@ -281,7 +283,7 @@ def print_tables(result: dict, console) -> None:
     rows = targets(result)
     if rows:
         table = Table(
-            title="targets (issue 5); spread = [q1/q3', q3/q1'] of the two distributions",
+            title=escape("targets (issue 5); spread = [q1/q3', q3/q1'] of the two distributions"),
             title_justify="left",
         )
         for col in ("target", "backend", "shape", "dtype", "measured", "spread", "met"):
