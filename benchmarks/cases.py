@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -83,3 +84,24 @@ def plan(mode: str, backends: tuple[str, ...] | None = None) -> Plan:
         ("tabular",),
         2.0,
     )
+
+
+_PACKED_ARGS = ("x", "w2", "b2")
+_SPLIT_ARGS = ("x", "w", "v", "bw", "bv")
+
+
+def memory_cases(glu: Callable, unfused: Callable, packed: Callable, activation: str) -> dict:
+    """The variants whose saved-for-backward bytes are compared, the same on every backend:
+    name -> (function, names of the tensors it takes, as keys of the backend's ``tensors()``)."""
+    return {
+        "fused (save=activations)": (
+            lambda x, w2, b2: glu(x, w2, b2, activation=activation),
+            _PACKED_ARGS,
+        ),
+        "fused (save=input)": (
+            lambda x, w2, b2: glu(x, w2, b2, activation=activation, save="input"),
+            _PACKED_ARGS,
+        ),
+        "unfused": (lambda *a: unfused(*a, activation), _SPLIT_ARGS),
+        "packed": (lambda *a: packed(*a, activation), _PACKED_ARGS),
+    }

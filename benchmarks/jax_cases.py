@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import glu_kernels
-from benchmarks.cases import Shape
+from benchmarks.cases import Shape, memory_cases
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
 _ACT = {
@@ -155,17 +155,7 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
     """Bytes of the vjp residuals (leaves of the vjp closure), x/w/b counted apart, and XLA's temp
     buffer size of the jitted train step (peak scratch beyond arguments and outputs)."""
     t = tensors(shape, dtype)
-    cases = {
-        "fused (save=activations)": (
-            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation),
-            ("x", "w2", "b2"),
-        ),
-        "fused (save=input)": (
-            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation, save="input"),
-            ("x", "w2", "b2"),
-        ),
-        "unfused": (lambda *a: unfused(*a, activation), ("x", "w", "v", "bw", "bv")),
-        "packed": (lambda *a: packed(*a, activation), ("x", "w2", "b2")),
+    cases = memory_cases(glu_kernels.glu, unfused, packed, activation) | {
         "compiled": (jax.jit(lambda *a: unfused(*a, activation)), ("x", "w", "v", "bw", "bv")),
     }
     bu = shape.batch * shape.units

@@ -4,6 +4,8 @@ floor."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.variants import FLOOR, FUSED, LABELS, ORDER, UNFUSED
@@ -22,6 +24,41 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.3g}" if s >= 1e-3 else f"{s * 1e6:.3g}us".replace("us", " µs")
 
 
+@dataclass(frozen=True)
+class _TimeTarget:
+    name: str  # may name {phase}
+    applies: Callable[[str, str, str, str], bool]  # (backend, shape, dtype, phase)
+    bound: float
+    baseline: str = FLOOR  # the fused time is divided by this variant's
+    inverse: bool = False  # report baseline/fused, met when >= bound (a fraction of the floor)
+
+
+_TIME_TARGETS = (
+    _TimeTarget(
+        "forward fused/GEMM floor <= 1.05",
+        lambda b, s, d, p: p == "forward" and s != "seed" and b != "numpy",
+        1.05,
+    ),
+    _TimeTarget(
+        "train fused/3-GEMM floor <= 1.10", lambda b, s, d, p: (s, p) == ("ffn", "train"), 1.10
+    ),
+    _TimeTarget(
+        "train fused/unfused <= 0.90", lambda b, s, d, p: (s, p) == ("ffn", "train"), 0.90, UNFUSED
+    ),
+    _TimeTarget(
+        "small: torch glu / addmm <= 1.5",
+        lambda b, s, d, p: (b, s, d, p) == ("torch", "seed", "float32", "forward"),
+        1.5,
+    ),
+    _TimeTarget(
+        "bf16 torch {phase}: floor/fused >= 0.80",
+        lambda b, s, d, p: b == "torch" and d == "bfloat16" and s != "seed",
+        0.80,
+        inverse=True,
+    ),
+)
+
+
 def targets(result: dict) -> list[dict]:
     """Each target of issue 5, with the measured figure and whether it is met."""
     idx = _index(result["timings"])
@@ -32,136 +69,59 @@ def targets(result: dict) -> list[dict]:
         if a in row and b in row:
             sa, sb = row[a]["stats"], row[b]["stats"]
             return sa["median"] / sb["median"], (sa["q1"] / sb["q3"], sa["q3"] / sb["q1"])
-        return None, None
+        return None, (None, None)
 
-    for backend, shape, dtype, phase in idx:
-        if phase == "forward" and shape not in ("seed",) and backend != "numpy":
-            r, (lo, hi) = ratio((backend, shape, dtype, phase), FUSED)
-            if r is not None:
-                rows.append(
-                    dict(
-                        target="forward fused/GEMM floor <= 1.05",
-                        backend=backend,
-                        shape=shape,
-                        dtype=dtype,
-                        value=r,
-                        spread=(lo, hi),
-                        met=r <= 1.05,
-                    )
+    for key in idx:
+        backend, shape, dtype, phase = key
+        for t in _TIME_TARGETS:
+            if not t.applies(backend, shape, dtype, phase):
+                continue
+            r, (lo, hi) = ratio(key, FUSED, t.baseline)
+            if r is None:
+                continue
+            value, spread = (1 / r, (1 / hi, 1 / lo)) if t.inverse else (r, (lo, hi))
+            rows.append(
+                dict(
+                    target=t.name.format(phase=phase),
+                    backend=backend,
+                    shape=shape,
+                    dtype=dtype,
+                    value=value,
+                    spread=spread,
+                    met=value >= t.bound if t.inverse else value <= t.bound,
                 )
-        if phase == "train" and shape == "ffn":
-            r, sp = ratio((backend, shape, dtype, phase), FUSED)
-            if r is not None:
-                rows.append(
-                    dict(
-                        target="train fused/3-GEMM floor <= 1.10",
-                        backend=backend,
-                        shape=shape,
-                        dtype=dtype,
-                        value=r,
-                        spread=sp,
-                        met=r <= 1.10,
-                    )
-                )
-            r, sp = ratio((backend, shape, dtype, phase), FUSED, UNFUSED)
-            if r is not None:
-                rows.append(
-                    dict(
-                        target="train fused/unfused <= 0.90",
-                        backend=backend,
-                        shape=shape,
-                        dtype=dtype,
-                        value=r,
-                        spread=sp,
-                        met=r <= 0.90,
-                    )
-                )
-        if backend == "torch" and shape == "seed" and phase == "forward" and dtype == "float32":
-            r, sp = ratio((backend, shape, dtype, phase), FUSED)
-            if r is not None:
-                rows.append(
-                    dict(
-                        target="small: torch glu / addmm <= 1.5",
-                        backend=backend,
-                        shape=shape,
-                        dtype=dtype,
-                        value=r,
-                        spread=sp,
-                        met=r <= 1.5,
-                    )
-                )
-        if backend == "torch" and dtype == "bfloat16" and shape != "seed":
-            r, sp = ratio((backend, shape, dtype, phase), FUSED)
-            if r is not None:
-                rows.append(
-                    dict(
-                        target=f"bf16 torch {phase}: floor/fused >= 0.80",
-                        backend=backend,
-                        shape=shape,
-                        dtype=dtype,
-                        value=1 / r,
-                        spread=(1 / sp[1], 1 / sp[0]),
-                        met=1 / r >= 0.80,
-                    )
-                )
+            )
     for backend, per_shape in result.get("memory", {}).items():
         for shape, per_dtype in per_shape.items():
             for dtype, m in per_dtype.items():
                 if "silu" not in m:
                     continue
                 mm = m["silu"]
-                f, u = mm["fused (save=activations)"], mm["unfused"]
+                f, u, inp = mm["fused (save=activations)"], mm["unfused"], mm["fused (save=input)"]
+
+                def add(target, value, met, backend=backend, shape=shape, dtype=dtype):
+                    rows.append(
+                        dict(
+                            target=target,
+                            backend=backend,
+                            shape=shape,
+                            dtype=dtype,
+                            value=value,
+                            spread=None,
+                            met=met,
+                        )
+                    )
+
                 if u["activation_bytes"]:
                     r = f["activation_bytes"] / u["activation_bytes"]
-                    rows.append(
-                        dict(
-                            target="SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3",
-                            backend=backend,
-                            shape=shape,
-                            dtype=dtype,
-                            value=r,
-                            spread=None,
-                            met=r <= 2 / 3 + 1e-9,
-                        )
-                    )
-                    r_t = f["total_bytes"] / u["total_bytes"]
-                    rows.append(
-                        dict(
-                            target="SwiGLU saved (all incl. x,w,b) fused/unfused",
-                            backend=backend,
-                            shape=shape,
-                            dtype=dtype,
-                            value=r_t,
-                            spread=None,
-                            met=None,
-                        )
-                    )
+                    add("SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3", r, r <= 2 / 3 + 1e-9)
+                    r = f["total_bytes"] / u["total_bytes"]
+                    add("SwiGLU saved (all incl. x,w,b) fused/unfused", r, None)
                 pf, pu = f.get("peak_step_bytes"), u.get("peak_step_bytes")
                 if pf and pu:
-                    rows.append(
-                        dict(
-                            target="SwiGLU peak of a training step fused/unfused (no target)",
-                            backend=backend,
-                            shape=shape,
-                            dtype=dtype,
-                            value=pf / pu,
-                            spread=None,
-                            met=None,
-                        )
-                    )
-                inp = mm["fused (save=input)"]
+                    add("SwiGLU peak of a training step fused/unfused (no target)", pf / pu, None)
                 rel = inp["largest_saved_non_input_elems"] / inp["B*U"]
-                rows.append(
-                    dict(
-                        target="save=input: largest saved non-input/(B*U) < 1",
-                        backend=backend,
-                        shape=shape,
-                        dtype=dtype,
-                        value=rel,
-                        spread=None,
-                        met=rel < 1,
-                    )
-                )
+                add("save=input: largest saved non-input/(B*U) < 1", rel, rel < 1)
     return rows
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import glu_kernels
-from benchmarks.cases import Shape
+from benchmarks.cases import Shape, memory_cases
 from benchmarks.peak_memory import peak_bytes
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
@@ -141,18 +141,7 @@ def saved_bytes(shape: Shape, dtype: str, activation: str) -> dict:
     """Bytes autograd keeps for backward (saved-tensor hooks), per variant; x/w/b counted apart."""
     t = tensors(shape, dtype)
     res = {}
-    cases = {
-        "fused (save=activations)": (
-            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation),
-            ("x", "w2", "b2"),
-        ),
-        "fused (save=input)": (
-            lambda x, w2, b2: glu_kernels.glu(x, w2, b2, activation=activation, save="input"),
-            ("x", "w2", "b2"),
-        ),
-        "unfused": (lambda *a: unfused(*a, activation), ("x", "w", "v", "bw", "bv")),
-        "packed": (lambda *a: packed(*a, activation), ("x", "w2", "b2")),
-    }
+    cases = memory_cases(glu_kernels.glu, unfused, packed, activation)
     bu = shape.batch * shape.units
     for name, (fn, keys) in cases.items():
         leaves = [t[k].detach().requires_grad_() for k in keys]
