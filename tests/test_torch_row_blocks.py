@@ -44,3 +44,21 @@ def test_torch_row_blocks_cover_every_row(dtype, activation):
     scales = gradient_scales(x, w, b, dy, activation, dtype)
     for name, got, ref, s in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales, strict=True):
         assert_close(got, ref, s, dtype, f"torch {activation} {name}")
+
+
+def test_torch_float32_scratch_is_one_reused_arena():
+    """16-bit blocks are widened into one per-thread float32 arena that grows when needed and is
+    reused across calls (fresh ~1 MiB temporaries per block cost more in page faults than math)."""
+    import torch
+
+    from glu_kernels.backends import torch as torch_backend
+
+    small = torch.full((2, 4), 1.5, dtype=torch.bfloat16)
+    big = torch.arange(8 * 16, dtype=torch.float32).reshape(8, 16).to(torch.bfloat16)
+    torch_backend._float32_scratch(small)
+    widened, empty = torch_backend._float32_scratch(big, empty=(torch.Size((8, 16)),))
+    assert widened.dtype == torch.float32 and empty.shape == (8, 16)
+    torch.testing.assert_close(widened, big.float(), rtol=0, atol=0)
+    again = torch_backend._float32_scratch(small)[0]
+    assert again.data_ptr() == widened.data_ptr(), "the arena must be reused, not reallocated"
+    torch.testing.assert_close(again, small.float(), rtol=0, atol=0)
