@@ -62,3 +62,23 @@ def test_torch_float32_scratch_is_one_reused_arena():
     again = torch_backend._float32_scratch(small)[0]
     assert again.data_ptr() == widened.data_ptr(), "the arena must be reused, not reallocated"
     torch.testing.assert_close(again, small.float(), rtol=0, atol=0)
+
+
+def test_torch_float32_scratch_made_under_inference_mode_serves_training():
+    """The arena outlives the call that made it: made under torch.inference_mode it must still be
+    writable by a later training step (an inference tensor is read-only outside that mode)."""
+    import torch
+
+    import glu_kernels as gk
+    from glu_kernels.backends import torch as torch_backend
+
+    torch_backend._SCRATCH.__dict__.pop("arena", None)  # the next widening makes a new arena
+    x = torch.randn(64, 8).to(torch.bfloat16)
+    w = (torch.randn(8, 16) / 3).to(torch.bfloat16)
+    with torch.inference_mode():
+        expected = gk.glu(x, w, activation="silu")
+    xr = x.clone().requires_grad_()
+    out = gk.glu(xr, w, activation="silu")
+    out.float().sum().backward()
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+    assert xr.grad is not None and torch.isfinite(xr.grad.float()).all()
