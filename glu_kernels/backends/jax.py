@@ -96,10 +96,9 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         h = saved if save == "activations" else _preactivation(x, w3, saved, compute_dtype)
         a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
         da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, act, PRIMITIVES)
-        # One materialized dh for the GEMMs and db: without the barrier XLA:CPU computes the
-        # elementwise pass twice, once in the GEMMs' (B, 2U) shape and once in (B, 2, U) for db
-        # (measured: bfloat16 training step 0.93-0.96x, XLA scratch 48 vs 56 MiB at
-        # 2048x1024->1024; float32 unchanged).
+        # XLA:CPU computes this elementwise pass twice, once in the GEMMs' (B, 2U) shape and once
+        # in (B, 2, U) for db. The barrier stops that for bfloat16 (training step 0.93-0.96x, XLA
+        # scratch 48 vs 56 MiB at 2048x1024->1024); in float32 both fusions remain (unchanged).
         dh = jax.lax.optimization_barrier(jnp.stack([da, dg], axis=-2).astype(dtype))
         dx = jnp.einsum("...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype, **_like(x))
         # XLA:CPU (jax 0.10) rejects this contraction for BF16 x BF16 = F32 at run time for some
