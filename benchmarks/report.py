@@ -59,6 +59,19 @@ _TIME_TARGETS = (
 )
 
 
+def _row(target: str, key: tuple, value: float, met: bool | None, spread=None) -> dict:
+    backend, shape, dtype = key
+    return dict(
+        target=target,
+        backend=backend,
+        shape=shape,
+        dtype=dtype,
+        value=value,
+        spread=spread,
+        met=met,
+    )
+
+
 def targets(result: dict) -> list[dict]:
     """Each target of issue 5, with the measured figure and whether it is met."""
     idx = _index(result["timings"])
@@ -80,17 +93,8 @@ def targets(result: dict) -> list[dict]:
             if r is None:
                 continue
             value, spread = (1 / r, (1 / hi, 1 / lo)) if t.inverse else (r, (lo, hi))
-            rows.append(
-                dict(
-                    target=t.name.format(phase=phase),
-                    backend=backend,
-                    shape=shape,
-                    dtype=dtype,
-                    value=value,
-                    spread=spread,
-                    met=value >= t.bound if t.inverse else value <= t.bound,
-                )
-            )
+            met = value >= t.bound if t.inverse else value <= t.bound
+            rows.append(_row(t.name.format(phase=phase), key[:3], value, met, spread))
     for backend, per_shape in result.get("memory", {}).items():
         for shape, per_dtype in per_shape.items():
             for dtype, m in per_dtype.items():
@@ -98,30 +102,27 @@ def targets(result: dict) -> list[dict]:
                     continue
                 mm = m["silu"]
                 f, u, inp = mm["fused (save=activations)"], mm["unfused"], mm["fused (save=input)"]
-
-                def add(target, value, met, backend=backend, shape=shape, dtype=dtype):
-                    rows.append(
-                        dict(
-                            target=target,
-                            backend=backend,
-                            shape=shape,
-                            dtype=dtype,
-                            value=value,
-                            spread=None,
-                            met=met,
-                        )
-                    )
-
+                key = (backend, shape, dtype)
                 if u["activation_bytes"]:
                     r = f["activation_bytes"] / u["activation_bytes"]
-                    add("SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3", r, r <= 2 / 3 + 1e-9)
+                    rows.append(
+                        _row(
+                            "SwiGLU saved (beyond x,w,b) fused/unfused <= 2/3",
+                            key,
+                            r,
+                            r <= 2 / 3 + 1e-9,
+                        )
+                    )
                     r = f["total_bytes"] / u["total_bytes"]
-                    add("SwiGLU saved (all incl. x,w,b) fused/unfused", r, None)
+                    rows.append(_row("SwiGLU saved (all incl. x,w,b) fused/unfused", key, r, None))
                 pf, pu = f.get("peak_step_bytes"), u.get("peak_step_bytes")
                 if pf and pu:
-                    add("SwiGLU peak of a training step fused/unfused (no target)", pf / pu, None)
+                    target = "SwiGLU peak of a training step fused/unfused (no target)"
+                    rows.append(_row(target, key, pf / pu, None))
                 rel = inp["largest_saved_non_input_elems"] / inp["B*U"]
-                add("save=input: largest saved non-input/(B*U) < 1", rel, rel < 1)
+                rows.append(
+                    _row("save=input: largest saved non-input/(B*U) < 1", key, rel, rel < 1)
+                )
     return rows
 
 
