@@ -26,6 +26,7 @@ CASE_MODULES = {
     "numpy": "numpy_cases",
 }
 MEMORY_BACKENDS = ("torch", "jax")  # TensorFlow exposes no per-op saved-tensor accounting
+DEVICE_BACKENDS = ("torch", "jax")  # the backends whose cases take --device
 
 
 def _args(argv=None):
@@ -43,6 +44,11 @@ def _args(argv=None):
     p.add_argument(
         "--activation", default="sigmoid", help="gate activation timed (default: sigmoid)"
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default), or cuda: torch and JAX on the first GPU (no Keras, no memory)",
+    )
     p.add_argument("--no-keras", action="store_true", help="skip the Keras training step")
     p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes measurement")
     p.add_argument(
@@ -52,17 +58,34 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
+def _check_device(device: str) -> None:
+    """Exits with a clear message unless torch sees the CUDA device asked for."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {device}: expected cpu or a CUDA device (cuda, cuda:N) that torch can see; "
+            f"torch {torch.__version__} sees {torch.cuda.device_count()} CUDA device(s)"
+        )
+
+
 def main(argv=None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     args = _args(argv)
+    if args.device != "cpu":
+        _check_device(args.device)
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)
     t_start = time.perf_counter()
     mode = "quick" if args.quick else "full" if args.full else "default"
-    pl = plan(mode, tuple(b for b in args.backends.split(",") if b))
+    backends = tuple(b for b in args.backends.split(",") if b)
+    if args.device != "cpu":  # TensorFlow's and NumPy's cases are CPU-only
+        backends = tuple(b for b in backends if b in DEVICE_BACKENDS)
+        args.no_keras = args.no_memory = True
+    pl = plan(mode, backends)
     shapes = tuple(args.shapes.split(",")) if args.shapes else pl.shapes
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else pl.dtypes
 
@@ -76,7 +99,8 @@ def main(argv=None) -> int:
         "mode": mode,
         "activation": args.activation,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine.describe(tuple(mods)),
+        "device": args.device,
+        "machine": machine.describe(tuple(mods), args.device),
         "plan": {
             "shapes": shapes,
             "dtypes": dtypes,
@@ -98,6 +122,7 @@ def main(argv=None) -> int:
         f"[bold]machine[/]: {m['cpu']}, {m['cores']} cores, avx512={m['avx512']}, amx={m['amx']}, "
         + ", ".join(f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow") if k in m)
         + f", threads torch={m.get('threads_torch')} tf={m.get('threads_tensorflow')}"
+        + (f"; GPU: {m['gpu']['name']}" if "gpu" in m else "")
     )
 
     groups = [(b, s, d) for b in mods for s in shapes for d in dtypes]
@@ -118,7 +143,8 @@ def main(argv=None) -> int:
             progress.update(task, description=f"{backend} {shape.label} {dtype}")
             compile_ = pl.compile_torch if backend == "torch" else True
             try:
-                variants = mods[backend].variants(shape, dtype, args.activation, compile_)
+                on = {"device": args.device} if args.device != "cpu" else {}
+                variants = mods[backend].variants(shape, dtype, args.activation, compile_, **on)
             except Exception as e:  # noqa: BLE001 - report, go on with the other cases
                 console.print(f"[red]{backend} {shape.label} {dtype}: setup failed: {e!r}[/]")
                 variants = []
@@ -177,7 +203,8 @@ def main(argv=None) -> int:
 
     result["elapsed_s"] = time.perf_counter() - t_start
     report.print_tables(result, console)
-    json_path, png_path = args.out / "latest.json", args.out / "latest.png"
+    stem = "latest" if args.device == "cpu" else f"latest-{args.device.replace(':', '')}"
+    json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
     report.write_json(result, json_path)
     report.plot(result, png_path)
     console.print(f"wrote {json_path} and {png_path}; {result['elapsed_s']:.0f} s")

@@ -30,6 +30,8 @@ SHAPES = {
         Shape("ffn", 2048, 1024, 1024),
         Shape("ffn-wide", 4096, 1024, 2048),
         Shape("llama", 2048, 4096, 11008),
+        # 16K tokens through a Llama FFN: a size for a GPU (--device cuda --shapes llama-16k)
+        Shape("llama-16k", 16384, 4096, 11008),
     )
 }
 

@@ -20,13 +20,16 @@ _ACT = {
 }
 
 
-def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
+def tensors(shape: Shape, dtype: str, seed: int = 0, device: str = "cpu") -> dict:
+    """The torch cases' tensors, on ``device`` ("cpu", or "cuda": JAX's first GPU)."""
     rng = np.random.default_rng(seed)
     b_, d, u = shape.batch, shape.features, shape.units
     dt = jnp.dtype(dtype)
+    place = jax.devices("gpu" if device.startswith("cuda") else device)[0]
 
     def r(*s, scale=1.0):
-        return jnp.asarray((rng.standard_normal(s) * scale).astype(np.float32)).astype(dt)
+        data = (rng.standard_normal(s) * scale).astype(np.float32)
+        return jax.device_put(data, place).astype(dt)
 
     w2, b2 = r(d, 2 * u, scale=d**-0.5), r(2 * u, scale=0.1)
     return {
@@ -79,8 +82,10 @@ def _vjp(fn, args, dy):
     return vjp(dy)
 
 
-def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -> list[Variant]:
-    t = tensors(shape, dtype)
+def variants(
+    shape: Shape, dtype: str, activation: str, compile_: bool = True, device: str = "cpu"
+) -> list[Variant]:
+    t = tensors(shape, dtype, device=device)
     x, w2, b2, w, v, bw, bv, dy, dh = (
         t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh")
     )

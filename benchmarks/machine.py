@@ -32,7 +32,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def describe(backends: tuple[str, ...]) -> dict:
+def describe(backends: tuple[str, ...], device: str = "cpu") -> dict:
     model, flags = _cpu_model_and_flags()
     info: dict = {
         "cpu": model,
@@ -52,7 +52,23 @@ def describe(backends: tuple[str, ...]) -> dict:
             info.update(_framework(name))
         except ImportError as e:
             info[name] = f"not installed ({e})"
+    if device.startswith("cuda"):
+        info["gpu"] = _gpu(device)
     return info
+
+
+def _gpu(device: str) -> dict:
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "name": props.name,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        "capability": f"{props.major}.{props.minor}",
+        "cuda": torch.version.cuda,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+    }
 
 
 _ENV_KEYS = (

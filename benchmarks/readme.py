@@ -1,37 +1,68 @@
-"""Rewrites the README's benchmark section, between its bench:start and bench:end markers only."""
+"""Rewrites the README's benchmark section, between its markers only: bench:start/end for the CPU
+run, bench-gpu:start/end for a ``--device cuda`` run.
+
+A saved result is rendered again by ``python -m benchmarks.readme RESULT.json``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 from benchmarks.report import _index, targets
 from benchmarks.variants import FLOOR, LABELS, ORDER
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+GPU_START, GPU_END = "<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"
+
+
+def markers(result: dict) -> tuple[str, str]:
+    """The README markers of a result's section: the CPU's, or the GPU's for a --device run."""
+    return (START, END) if result.get("device", "cpu") == "cpu" else (GPU_START, GPU_END)
+
+
+def _versions(m: dict) -> str:
+    return ", ".join(
+        f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow", "numpy") if isinstance(m.get(k), str)
+    )
 
 
 def section(result: dict, png: str) -> str:
     m = result["machine"]
     idx = _index(result["timings"])
     variants = [v for v in ORDER if v != FLOOR]
+    start, end = markers(result)
+    gpu = m.get("gpu")
+    if gpu is None:
+        heading = "## Benchmark"
+        command = "`nox -s bench`"
+        where = (
+            f"Machine: {m.get('cpu')}, {m.get('cores')} cores, "
+            f"AVX-512: {'yes' if m.get('avx512') else 'no'}, "
+            f"AMX: {'yes' if m.get('amx') else 'no (not exposed)'}; {_versions(m)}; "
+            f"threads: torch {m.get('threads_torch', {})}, TF {m.get('threads_tensorflow', {})}."
+        )
+    else:
+        heading = "### On a GPU"
+        shapes = ",".join(result["plan"]["shapes"])
+        command = f"`python -m benchmarks --device {result['device']} --shapes {shapes}`"
+        where = (
+            f"Machine: {gpu['name']} ({gpu['memory_gib']} GiB, {gpu['multiprocessors']} SMs, "
+            f"compute capability {gpu['capability']}, CUDA {gpu['cuda']}, TF32 matmuls in torch: "
+            f"{'on' if gpu['tf32_matmul'] else 'off'}), host {m.get('cpu')}; {_versions(m)}. "
+            "Every call ends in a device synchronisation."
+        )
     lines = [
-        START,
-        "## Benchmark",
+        start,
+        heading,
         "",
-        f"`nox -s bench` ({result['mode']} run, activation `{result['activation']}`, "
+        f"{command} ({result['mode']} run, activation `{result['activation']}`, "
         f"{result['elapsed_s']:.0f} s). Each cell: median time as a multiple of the GEMM floor "
         "(forward: `x @ [W|V] + b`; train: the three GEMMs `x@W2`, `dh@W2^T`, `x^T@dh`), "
         "IQR in % of the median; variants timed interleaved in one process.",
         "",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, "
-        f"AVX-512: {'yes' if m.get('avx512') else 'no'}, "
-        f"AMX: {'yes' if m.get('amx') else 'no (not exposed)'}; "
-        + ", ".join(
-            f"{k} {m[k]}"
-            for k in ("torch", "jax", "tensorflow", "numpy")
-            if isinstance(m.get(k), str)
-        )
-        + f"; threads: torch {m.get('threads_torch', {})}, TF {m.get('threads_tensorflow', {})}.",
+        where,
         "",
         "| backend | shape | dtype | phase | floor ms | "
         + " | ".join(LABELS[v] for v in variants)
@@ -53,7 +84,7 @@ def section(result: dict, png: str) -> str:
             f"| {backend} | {result['shapes'][shape]['label']} | {dtype} | {phase} | "
             f"{f * 1e3:.3g} | " + " | ".join(cells) + " |"
         )
-    rows = targets(result)
+    rows = targets(result) if gpu is None else []  # the issue's targets are for this CPU
     if rows:
         lines += [
             "",
@@ -77,14 +108,33 @@ def section(result: dict, png: str) -> str:
                 for k, r in keras_rows
             ),
         ]
-    lines += ["", f"![each variant as % of its GEMM floor]({png})", "", END]
+    lines += ["", f"![each variant as % of its GEMM floor]({png})", "", end]
     return "\n".join(lines)
 
 
 def update(readme: Path, result: dict, png: str) -> None:
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme}: markers {START} ... {END} not found; nothing written")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    start, end = markers(result)
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme}: markers {start} ... {end} not found; nothing written")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     readme.write_text(head + section(result, png) + tail)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.readme", description="README section from a saved result"
+    )
+    p.add_argument("result", type=Path, help="a JSON file written by python -m benchmarks")
+    p.add_argument("--png", type=Path, help="its plot (default: the JSON's path, .png)")
+    args = p.parse_args(argv)
+    root = Path(__file__).resolve().parent.parent
+    png = (args.png or args.result.with_suffix(".png")).resolve()
+    result = json.loads(args.result.read_text())
+    update(root / "README.md", result, png.relative_to(root).as_posix())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

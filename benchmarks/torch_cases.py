@@ -22,14 +22,14 @@ _ACT = {
 }
 
 
-def tensors(shape: Shape, dtype: str, seed: int = 0) -> dict:
+def tensors(shape: Shape, dtype: str, seed: int = 0, device: str = "cpu") -> dict:
     """x, packed (W2, b2) and split (W, V, bw, bv) weights with w ~ 1/sqrt(D), and a cotangent."""
     gen = torch.Generator().manual_seed(seed)
     dt = getattr(torch, dtype)
     b_, d, u = shape.batch, shape.features, shape.units
 
     def r(*s, scale=1.0):
-        return (torch.randn(*s, generator=gen) * scale).to(dt)
+        return (torch.randn(*s, generator=gen) * scale).to(device=device, dtype=dt)
 
     w2, b2 = r(d, 2 * u, scale=1 / math.sqrt(d)), r(2 * u, scale=0.1)
     return {
@@ -78,8 +78,33 @@ def _grad_step(fn, inputs, dy):
     return step
 
 
-def variants(shape: Shape, dtype: str, activation: str, compile_: bool) -> list[Variant]:
-    t = tensors(shape, dtype)
+def _synchronised(fn, device: str):
+    """``fn`` followed by a wait for the device's queue (a no-op on the CPU)."""
+    if fn is None or torch.device(device).type != "cuda":
+        return fn
+
+    def call():
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+def variants(
+    shape: Shape, dtype: str, activation: str, compile_: bool, device: str = "cpu"
+) -> list[Variant]:
+    """The variants on ``device`` ("cpu", or "cuda": every call then waits for the GPU)."""
+    variants_ = _variants(shape, dtype, activation, compile_, device)
+    for v in variants_:
+        v.forward, v.train = _synchronised(v.forward, device), _synchronised(v.train, device)
+    return variants_
+
+
+def _variants(
+    shape: Shape, dtype: str, activation: str, compile_: bool, device: str
+) -> list[Variant]:
+    t = tensors(shape, dtype, device=device)
     x, w2, b2, w, v, bw, bv, dy, dh = (
         t[k] for k in ("x", "w2", "b2", "w", "v", "bw", "bv", "dy", "dh")
     )

@@ -7,12 +7,17 @@ values the backend sees. ``to_numpy64`` brings a result back as float64 NumPy.
 
 ``backend_params()`` gives one pytest param per backend (id = the backend's name, so ``-k torch``
 selects one backend), skipped where the framework is not installed.
+
+Devices: JAX puts arrays on its default device (a GPU where jaxlib has one). torch tensors go to
+``GLU_TEST_TORCH_DEVICE`` (default "cpu"), so ``GLU_TEST_TORCH_DEVICE=cuda pytest -k torch`` runs
+the same checks on a GPU.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -30,6 +35,7 @@ DTYPES: dict[str, tuple[str, ...]] = {
 HALF = ("float16", "bfloat16")
 
 _MODULES = {"numpy": "numpy", "jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
+TORCH_DEVICE = os.environ.get("GLU_TEST_TORCH_DEVICE", "cpu")
 
 
 def installed(backend: str) -> bool:
@@ -111,9 +117,8 @@ def to_backend(backend: str, a, dtype: str, *, variable: bool = False, requires_
     if backend == "jax":
         return fw.asarray(a).astype(dtype)
     if backend == "torch":
-        t = fw.from_numpy(a.copy(order="C")).to(
-            getattr(fw, dtype)
-        )  # (ascontiguousarray makes 0-d 1-d)
+        # (a.copy, not ascontiguousarray, which makes 0-d arrays 1-d)
+        t = fw.from_numpy(a.copy(order="C")).to(device=TORCH_DEVICE, dtype=getattr(fw, dtype))
         return t.requires_grad_(True) if requires_grad else t
     if backend == "tensorflow":
         t = fw.cast(fw.constant(a), dtype)

@@ -12,7 +12,8 @@ else ``default``. Tests size their example counts with ``strategies.examples(n)`
 the default profile, scaled with the loaded profile), so one switch here scales the whole suite.
 
 JAX: float64 is one of the dtypes under test, so x64 mode is switched on once, here, for the whole
-process (only if JAX is installed; importing it is cheap next to the tests that use it).
+process (only if JAX is installed; importing it is cheap next to the tests that use it); on a GPU,
+float32 matmuls are asked for in float32 (see below).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ if importlib.util.find_spec("jax") is not None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    if jax.default_backend() != "cpu":
+        # On a GPU, JAX multiplies float32 matrices in TF32 (10-bit mantissa) unless told
+        # otherwise, and glu follows the framework's setting, as ``x @ w`` does. The float32
+        # tolerances check float32 arithmetic, so the tests ask for it.
+        jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_report_header(config):

@@ -73,3 +73,43 @@ def test_plot_table_and_readme_section(quick_run):
     section = readme.section(quick_run["result"], "benchmarks/results/latest.png")
     assert section.startswith(readme.START) and section.endswith(readme.END)
     assert "| torch |" in section and "Machine:" in section
+
+
+def test_gpu_result_renders_into_its_own_readme_section(quick_run, tmp_path):
+    """A ``--device cuda`` result goes between the bench-gpu markers, naming the GPU, without the
+    CPU targets; the CPU section stays as it was."""
+    from benchmarks import readme
+
+    gpu = dict(quick_run["result"], device="cuda")
+    gpu["machine"] = dict(
+        gpu["machine"],
+        gpu={
+            "name": "Some GPU",
+            "memory_gib": 80.0,
+            "multiprocessors": 100,
+            "capability": "9.0",
+            "cuda": "13.0",
+            "tf32_matmul": False,
+        },
+    )
+    text = f"head\n{readme.START}\nold cpu\n{readme.END}\n{readme.GPU_START}\nold gpu\n"
+    text += f"{readme.GPU_END}\ntail\n"
+    path = tmp_path / "README.md"
+    path.write_text(text)
+    readme.update(path, gpu, "benchmarks/results/latest-cuda.png")
+    new = path.read_text()
+    gpu_section = new.split(readme.GPU_START, 1)[1].split(readme.GPU_END, 1)[0]
+    assert "Some GPU" in gpu_section and "--device cuda" in gpu_section, gpu_section
+    assert "| target |" not in gpu_section and "old gpu" not in gpu_section
+    assert f"{readme.START}\nold cpu\n{readme.END}" in new and new.endswith("tail\n")
+
+
+def test_bench_refuses_a_device_it_cannot_see():
+    import torch
+
+    from benchmarks.__main__ import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(SystemExit, match=r"--device cuda: expected cpu or a CUDA device"):
+        main(["--device", "cuda"])

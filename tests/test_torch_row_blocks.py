@@ -82,3 +82,16 @@ def test_torch_float32_scratch_made_under_inference_mode_serves_training():
     out.float().sum().backward()
     torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
     assert xr.grad is not None and torch.isfinite(xr.grad.float()).all()
+
+
+def test_row_blocks_only_on_the_cpu():
+    """Blocks serve the CPU's cache; on other devices each pass is one block (one kernel launch)."""
+    import torch
+
+    from glu_kernels.backends import torch as torch_backend
+
+    rows = 4 * max(8, torch_backend._BLOCK_BYTES // (4 * 2 * 64))
+    cpu = list(torch_backend._row_blocks(torch.empty(rows, 2 * 64)))
+    assert len(cpu) == 4, cpu
+    other = list(torch_backend._row_blocks(torch.empty(rows, 2 * 64, device="meta")))
+    assert other == [slice(None)], other

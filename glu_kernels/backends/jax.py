@@ -101,15 +101,25 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         # scratch 48 vs 56 MiB at 2048x1024->1024); in float32 both fusions remain (unchanged).
         dh = jax.lax.optimization_barrier(jnp.stack([da, dg], axis=-2).astype(dtype))
         dx = jnp.einsum("...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype, **_like(x))
-        # XLA:CPU (jax 0.10) rejects this contraction for BF16 x BF16 = F32 at run time for some
-        # shapes (2-D x: "Unsupported element type for DotThunk::Execute"); bf16 -> f32 is exact,
-        # so feed it float32 (the same products, the same float32 accumulation).
-        xw, dhw = (
-            (x, dh) if dtype != "bfloat16" else (x.astype(compute_dtype), dh.astype(compute_dtype))
-        )
-        dw = jnp.einsum(
-            "...d,...ku->dku", xw, dhw, preferred_element_type=compute_dtype, **_like(w3)
-        )
+
+        def weight_grad(x, dh):
+            return jnp.einsum(
+                "...d,...ku->dku", x, dh, preferred_element_type=compute_dtype, **_like(w3)
+            )
+
+        if dtype == "bfloat16":
+            # XLA:CPU (jax 0.10) rejects this contraction for BF16 x BF16 = F32 at run time for
+            # some shapes (2-D x: "Unsupported element type for DotThunk::Execute"). On the CPU it
+            # gets float32 operands (bf16 -> f32 is exact: the same products and accumulation);
+            # elsewhere it stays a bfloat16 GEMM (tensor cores).
+            dw = jax.lax.platform_dependent(
+                x,
+                dh,
+                cpu=lambda x, dh: weight_grad(x.astype(compute_dtype), dh.astype(compute_dtype)),
+                default=weight_grad,
+            )
+        else:
+            dw = weight_grad(x, dh)
         db = dh.astype(compute_dtype).sum(axis=tuple(range(dh.ndim - 2))) if has_bias else None
         return (
             dx.astype(dtype),

@@ -102,8 +102,9 @@ _BLOCK_BYTES = 1 << 20
 
 
 def _row_blocks(h: Tensor):
-    """Slices of the rows of the 2-D ``h``, each about ``_BLOCK_BYTES`` of float32."""
-    if torch.compiler.is_compiling():  # traced, sizes may be symbolic: the compiler fuses the pass
+    """Slices of the rows of the 2-D ``h``, each about ``_BLOCK_BYTES`` of float32, on the CPU;
+    elsewhere one block (a GPU pays a kernel launch per op and block, and gains nothing)."""
+    if not h.is_cpu or torch.compiler.is_compiling():  # traced: the compiler fuses the pass
         return (slice(None),)
     step = max(8, _BLOCK_BYTES // max(1, 4 * h.shape[1]))
     return (slice(r, r + step) for r in range(0, h.shape[0], step))
@@ -156,6 +157,12 @@ def _grad_preactivation_fast(
     backward kernels on row blocks, writing into one preallocated (B, 2U) dh, with db summed per
     block while it is in cache. 16-bit inputs: float32 math, rounded once into dh and db."""
     half = _is_half(h)
+    if half and activation == "sigmoid" and h.is_cuda:
+        # CUDA's aten::glu_backward computes 16-bit inputs in float32 and rounds each output once
+        # (the CPU kernel rounds twice): one pass instead of widening dy and h to float32. db sums
+        # the rounded dh, accumulating in float32.
+        dh = torch.ops.aten.glu_backward(dy, h, -1)
+        return dh, dh.sum(0, dtype=torch.float32).to(h.dtype) if bias_grad else None
     dh = torch.empty_like(h)
     db = h.new_zeros(h.shape[1], dtype=torch.float32 if half else h.dtype) if bias_grad else None
     for rows in _row_blocks(h):
