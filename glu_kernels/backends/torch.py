@@ -1,9 +1,12 @@
 """PyTorch backend: one ``addmm`` on the packed weight, ATen's fused kernels, and a custom op.
 
-Inference (no input requires grad) calls the kernel directly. Training goes through the custom op
-``glu_kernels::glu``, registered with ``torch.library`` (fake kernel for meta/fake tensors and
-``torch.compile``, autograd formula, vmap rule), whose backward recomputes ``act(g)`` from the saved
+Inference (no input requires grad) calls the kernels directly. Eager training goes through an
+``autograd.Function``; ``torch.compile`` and ``torch.func`` get the same forward and backward as the
+custom op ``glu_kernels::glu``, registered with ``torch.library`` (fake kernel for meta/fake tensors
+and the compiler, autograd formula, vmap rule). The backward recomputes ``act(g)`` from the saved
 pre-activation ``h`` (or from x and w, with ``save="input"``).
+
+On the CPU the elementwise passes run on row blocks that stay in cache; on a GPU on whole tensors.
 """
 
 from __future__ import annotations
