@@ -62,3 +62,41 @@ def bench(session: nox.Session) -> None:
     """The benchmark: `nox -s bench` (default, < 5 min), `-- --quick` (< 1 min), `-- --full`."""
     _install(session, "all")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+# The tests that take their arrays from tests/backend_arrays.py, so run on the device it names.
+GPU_TESTS = (
+    "tests/test_reference_parity.py",
+    "tests/test_gradients.py",
+    "tests/test_half_precision.py",
+    "tests/test_fixed_cases.py",
+    "tests/test_relu_kink.py",
+    "tests/test_errors.py",
+)
+
+
+_CUDA_CHECK = (
+    "import sys, torch; sys.exit(None if torch.cuda.is_available() else "
+    "f'tests-gpu: expected a CUDA device visible to torch; torch {torch.__version__} sees none')"
+)
+
+
+@nox.session(name="tests-gpu", venv_backend="none")
+def tests_gpu(session: nox.Session) -> None:
+    """Parity, gradient and error tests with torch tensors on CUDA and JAX on its default device, in
+    the current environment (which must hold a CUDA build of torch and/or JAX; CI has no GPU)."""
+    session.run("python", "-c", _CUDA_CHECK)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not keras and not sharding",
+        "-k",
+        "torch or jax",
+        *GPU_TESTS,
+        *session.posargs,
+        env={"GLU_TEST_TORCH_DEVICE": "cuda"},
+    )
