@@ -1,7 +1,7 @@
 """nox sessions: `nox -s tests` (the whole suite, what CI runs) and `nox -s bench` (the benchmark).
 
-Every session installs with constraints.txt (torch pinned to the CPU wheel) and reuses its
-virtualenv.
+Every session that installs does so with constraints.txt (torch pinned to the CPU wheel) and reuses
+its virtualenv; `tests-gpu` installs nothing and runs in the current environment.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
-# The tests that take their arrays from tests/backend_arrays.py, so run on the device it names.
+# The numerical and error tests, whose torch tensors go to tests/backend_arrays.py's TORCH_DEVICE
+# (JAX's arrays to its default device): the set run on an H200 (README, "On a GPU").
 GPU_TESTS = (
     "tests/test_reference_parity.py",
     "tests/test_gradients.py",
@@ -84,7 +85,8 @@ _CUDA_CHECK = (
 @nox.session(name="tests-gpu", venv_backend="none")
 def tests_gpu(session: nox.Session) -> None:
     """Parity, gradient and error tests with torch tensors on CUDA and JAX on its default device, in
-    the current environment (which must hold a CUDA build of torch and/or JAX; CI has no GPU)."""
+    the current environment, which must hold a CUDA build of torch (and may hold one of JAX; CI
+    has no GPU). JAX is kept from preallocating GPU memory, which torch shares."""
     session.run("python", "-c", _CUDA_CHECK)
     session.run(
         "python",
@@ -98,5 +100,5 @@ def tests_gpu(session: nox.Session) -> None:
         "torch or jax",
         *GPU_TESTS,
         *session.posargs,
-        env={"GLU_TEST_TORCH_DEVICE": "cuda"},
+        env={"GLU_TEST_TORCH_DEVICE": "cuda", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
     )

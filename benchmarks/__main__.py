@@ -4,18 +4,19 @@ Per backend, shape and dtype it times glu_kernels.glu, the unfused formula, one 
 framework's glu, the framework's compiler on the unfused formula, and the GEMM floors, forward and
 forward+backward, interleaved in one process; measures the bytes kept for backward; runs a Keras
 training step per Keras backend in a subprocess; prints rich tables and writes results/latest.json
-and results/latest.png."""
+and results/latest.png (results/latest-cuda.json and .png for ``--device cuda``)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import keras_step, machine, readme, report
-from benchmarks.cases import BACKENDS, SHAPES, plan
+from benchmarks.cases import BACKENDS, DEVICE_BACKENDS, SHAPES, gpu_index, plan
 from benchmarks.timing import measure
 
 HERE = Path(__file__).parent
@@ -26,7 +27,6 @@ CASE_MODULES = {
     "numpy": "numpy_cases",
 }
 MEMORY_BACKENDS = ("torch", "jax")  # TensorFlow exposes no per-op saved-tensor accounting
-DEVICE_BACKENDS = ("torch", "jax")  # the backends whose cases take --device
 
 
 def _args(argv=None):
@@ -47,14 +47,16 @@ def _args(argv=None):
     p.add_argument(
         "--device",
         default="cpu",
-        help="cpu (default), or cuda: torch and JAX on the first GPU (no Keras, no memory)",
+        help="cpu (default), or cuda[:N]: torch and JAX on GPU N (default 0; no Keras, no memory)",
     )
     p.add_argument("--no-keras", action="store_true", help="skip the Keras training step")
     p.add_argument("--no-memory", action="store_true", help="skip the saved-bytes measurement")
     p.add_argument(
         "--update-readme", action="store_true", help="rewrite the README's bench section"
     )
-    p.add_argument("--out", type=Path, default=HERE / "results", help="where latest.json/.png go")
+    p.add_argument(
+        "--out", type=Path, default=HERE / "results", help="where latest[-cuda].json/.png go"
+    )
     return p.parse_args(argv)
 
 
@@ -62,7 +64,9 @@ def _check_device(device: str) -> None:
     """Exits with a clear message unless torch sees the CUDA device asked for."""
     import torch
 
-    if not device.startswith("cuda") or not torch.cuda.is_available():
+    kind, _, index = device.partition(":")
+    well_formed = kind == "cuda" and (index == "" or index.isdigit())
+    if not well_formed or gpu_index(device) >= torch.cuda.device_count():
         raise SystemExit(
             f"--device {device}: expected cpu or a CUDA device (cuda, cuda:N) that torch can see; "
             f"torch {torch.__version__} sees {torch.cuda.device_count()} CUDA device(s)"
@@ -73,18 +77,23 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _args(argv)
-    if args.device != "cpu":
+    backends = tuple(b for b in args.backends.split(",") if b)
+    if args.device != "cpu":  # TensorFlow's and NumPy's cases are CPU-only
+        backends = tuple(b for b in backends if b in DEVICE_BACKENDS)
+        if not backends:
+            raise SystemExit(
+                f"--device {args.device} --backends {args.backends}: expected at least one of "
+                f"{', '.join(DEVICE_BACKENDS)} (the others run on the CPU only)"
+            )
         _check_device(args.device)
+        args.no_keras = args.no_memory = True
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)
     t_start = time.perf_counter()
     mode = "quick" if args.quick else "full" if args.full else "default"
-    backends = tuple(b for b in args.backends.split(",") if b)
-    if args.device != "cpu":  # TensorFlow's and NumPy's cases are CPU-only
-        backends = tuple(b for b in backends if b in DEVICE_BACKENDS)
-        args.no_keras = args.no_memory = True
     pl = plan(mode, backends)
     shapes = tuple(args.shapes.split(",")) if args.shapes else pl.shapes
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else pl.dtypes
@@ -100,6 +109,8 @@ def main(argv=None) -> int:
         "activation": args.activation,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": args.device,
+        # how to run it again (the README section shows it)
+        "argv": [a for a in argv if a != "--update-readme"],
         "machine": machine.describe(tuple(mods), args.device),
         "plan": {
             "shapes": shapes,
@@ -210,7 +221,7 @@ def main(argv=None) -> int:
     console.print(f"wrote {json_path} and {png_path}; {result['elapsed_s']:.0f} s")
     if args.update_readme:
         root = HERE.parent
-        readme.update(root / "README.md", result, png_path.relative_to(root).as_posix())
+        readme.update(root / "README.md", result, readme.link(png_path, root))
         console.print(f"updated {root / 'README.md'} (bench section)")
     return 0
 

@@ -36,6 +36,7 @@ SHAPES = {
 }
 
 BACKENDS = ("torch", "jax", "tensorflow", "numpy")
+DEVICE_BACKENDS = ("torch", "jax")  # the backends whose cases take --device
 DTYPES = ("float32", "bfloat16")
 
 
@@ -107,3 +108,9 @@ def memory_cases(glu: Callable, unfused: Callable, packed: Callable, activation:
         "unfused": (lambda *a: unfused(*a, activation), _SPLIT_ARGS),
         "packed": (lambda *a: packed(*a, activation), _PACKED_ARGS),
     }
+
+
+def gpu_index(device: str) -> int:
+    """The GPU ordinal of a ``--device`` string: 0 for "cuda", N for "cuda:N"."""
+    _, _, index = device.partition(":")
+    return int(index) if index else 0

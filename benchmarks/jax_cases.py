@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import glu_kernels
-from benchmarks.cases import Shape, memory_cases
+from benchmarks.cases import Shape, gpu_index, memory_cases
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 
 _ACT = {
@@ -21,11 +21,11 @@ _ACT = {
 
 
 def tensors(shape: Shape, dtype: str, seed: int = 0, device: str = "cpu") -> dict:
-    """The torch cases' tensors, on ``device`` ("cpu", or "cuda": JAX's first GPU)."""
+    """The same set of tensors as torch_cases, on ``device`` ("cpu", or "cuda[:N]": JAX's GPU N)."""
     rng = np.random.default_rng(seed)
     b_, d, u = shape.batch, shape.features, shape.units
     dt = jnp.dtype(dtype)
-    place = jax.devices("gpu" if device.startswith("cuda") else device)[0]
+    place = jax.devices("gpu")[gpu_index(device)] if device != "cpu" else jax.devices("cpu")[0]
 
     def r(*s, scale=1.0):
         data = (rng.standard_normal(s) * scale).astype(np.float32)

@@ -33,10 +33,10 @@ def section(result: dict, png: str) -> str:
     idx = _index(result["timings"])
     variants = [v for v in ORDER if v != FLOOR]
     start, end = markers(result)
-    gpu = m.get("gpu")
-    if gpu is None:
+    argv = " ".join(result.get("argv", []))
+    if result.get("device", "cpu") == "cpu":
         heading = "## Benchmark"
-        command = "`nox -s bench`"
+        command = f"`nox -s bench -- {argv}`" if argv else "`nox -s bench`"
         where = (
             f"Machine: {m.get('cpu')}, {m.get('cores')} cores, "
             f"AVX-512: {'yes' if m.get('avx512') else 'no'}, "
@@ -45,8 +45,10 @@ def section(result: dict, png: str) -> str:
         )
     else:
         heading = "### On a GPU"
-        shapes = ",".join(result["plan"]["shapes"])
-        command = f"`python -m benchmarks --device {result['device']} --shapes {shapes}`"
+        gpu = m["gpu"]
+        if not argv:  # a result written before the command was stored
+            argv = f"--device {result['device']} --shapes {','.join(result['plan']['shapes'])}"
+        command = f"`python -m benchmarks {argv}`"
         where = (
             f"Machine: {gpu['name']} ({gpu['memory_gib']} GiB, {gpu['multiprocessors']} SMs, "
             f"compute capability {gpu['capability']}, CUDA {gpu['cuda']}, TF32 matmuls in torch: "
@@ -84,7 +86,7 @@ def section(result: dict, png: str) -> str:
             f"| {backend} | {result['shapes'][shape]['label']} | {dtype} | {phase} | "
             f"{f * 1e3:.3g} | " + " | ".join(cells) + " |"
         )
-    rows = targets(result) if gpu is None else []  # the issue's targets are for this CPU
+    rows = targets(result)
     if rows:
         lines += [
             "",
@@ -112,6 +114,14 @@ def section(result: dict, png: str) -> str:
     return "\n".join(lines)
 
 
+def link(png: Path, root: Path) -> str:
+    """The plot's path as the README at ``root`` links it; exits if the plot lies outside."""
+    png = png.resolve()
+    if not png.is_relative_to(root.resolve()):
+        raise SystemExit(f"plot {png}: expected a file inside the repository {root}")
+    return png.relative_to(root.resolve()).as_posix()
+
+
 def update(readme: Path, result: dict, png: str) -> None:
     text = readme.read_text()
     start, end = markers(result)
@@ -130,9 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--png", type=Path, help="its plot (default: the JSON's path, .png)")
     args = p.parse_args(argv)
     root = Path(__file__).resolve().parent.parent
-    png = (args.png or args.result.with_suffix(".png")).resolve()
-    result = json.loads(args.result.read_text())
-    update(root / "README.md", result, png.relative_to(root).as_posix())
+    png = args.png or args.result.with_suffix(".png")
+    update(root / "README.md", json.loads(args.result.read_text()), link(png, root))
     return 0
 
 

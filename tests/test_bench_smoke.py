@@ -75,41 +75,80 @@ def test_plot_table_and_readme_section(quick_run):
     assert "| torch |" in section and "Machine:" in section
 
 
-def test_gpu_result_renders_into_its_own_readme_section(quick_run, tmp_path):
-    """A ``--device cuda`` result goes between the bench-gpu markers, naming the GPU, without the
-    CPU targets; the CPU section stays as it was."""
-    from benchmarks import readme
+def _gpu_result() -> dict:
+    """A small synthetic ``--device cuda`` result: one forward row of torch timings."""
 
-    gpu = dict(quick_run["result"], device="cuda")
-    gpu["machine"] = dict(
-        gpu["machine"],
-        gpu={
-            "name": "Some GPU",
-            "memory_gib": 80.0,
-            "multiprocessors": 100,
-            "capability": "9.0",
-            "cuda": "13.0",
-            "tf32_matmul": False,
-        },
-    )
+    def row(variant: str, median: float) -> dict:
+        stats = {"median": median, "q1": median * 0.99, "q3": median * 1.01, "iqr_pct": 2.0}
+        return dict(
+            backend="torch",
+            shape="ffn",
+            dtype="float32",
+            phase="forward",
+            variant=variant,
+            what=variant,
+            stats=stats,
+        )
+
+    gpu = {
+        "name": "Some GPU",
+        "memory_gib": 80.0,
+        "multiprocessors": 100,
+        "capability": "9.0",
+        "cuda": "13.0",
+        "tf32_matmul": False,
+    }
+    return {
+        "mode": "default",
+        "activation": "sigmoid",
+        "device": "cuda:1",
+        "argv": ["--device", "cuda:1", "--shapes", "ffn"],
+        "machine": {"cpu": "Some CPU", "torch": "2.x", "gpu": gpu},
+        "plan": {"shapes": ["ffn"]},
+        "shapes": {"ffn": {"label": "2048x1024->1024"}},
+        "elapsed_s": 1.0,
+        "timings": [row("floor", 1e-3), row("fused", 1.1e-3), row("unfused", 1.5e-3)],
+        "memory": {},
+        "keras": [],
+    }
+
+
+def test_gpu_result_renders_into_its_own_readme_section(tmp_path):
+    """A ``--device cuda`` result goes between the bench-gpu markers, naming the GPU and the command
+    that made it, without the CPU targets; the CPU section stays as it was."""
+    from benchmarks import readme, report
+
+    gpu = _gpu_result()
+    assert report.targets(gpu) == []  # the issue's targets are for the CPU
     text = f"head\n{readme.START}\nold cpu\n{readme.END}\n{readme.GPU_START}\nold gpu\n"
     text += f"{readme.GPU_END}\ntail\n"
     path = tmp_path / "README.md"
     path.write_text(text)
-    readme.update(path, gpu, "benchmarks/results/latest-cuda.png")
+    readme.update(path, gpu, "benchmarks/results/latest-cuda1.png")
     new = path.read_text()
     gpu_section = new.split(readme.GPU_START, 1)[1].split(readme.GPU_END, 1)[0]
-    assert "Some GPU" in gpu_section and "--device cuda" in gpu_section, gpu_section
+    assert "Some GPU" in gpu_section, gpu_section
+    assert "`python -m benchmarks --device cuda:1 --shapes ffn`" in gpu_section, gpu_section
+    assert "| torch | 2048x1024->1024 | float32 | forward | 1 | 1.10x (2%)" in gpu_section
     assert "| target |" not in gpu_section and "old gpu" not in gpu_section
     assert f"{readme.START}\nold cpu\n{readme.END}" in new and new.endswith("tail\n")
 
 
-def test_bench_refuses_a_device_it_cannot_see():
-    import torch
-
+@pytest.mark.parametrize("device", ["cuda", "cuda:7", "gpu", "cuda:x"])
+def test_bench_refuses_a_device_it_cannot_see(device):
+    torch = pytest.importorskip("torch")
     from benchmarks.__main__ import main
 
-    if torch.cuda.is_available():
+    if torch.cuda.device_count() > 7:
+        pytest.skip("eight CUDA devices are visible")
+    if device == "cuda" and torch.cuda.is_available():
         pytest.skip("a CUDA device is visible")
-    with pytest.raises(SystemExit, match=r"--device cuda: expected cpu or a CUDA device"):
-        main(["--device", "cuda"])
+    with pytest.raises(SystemExit, match=rf"--device {device}: expected cpu or a CUDA device"):
+        main(["--device", device])
+
+
+def test_bench_refuses_a_device_run_without_a_device_backend():
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit, match=r"--backends tensorflow,numpy: expected at least one of"):
+        main(["--device", "cuda", "--backends", "tensorflow,numpy"])

@@ -87,13 +87,16 @@ def test_torch_noncontiguous_and_transposed_inputs(backend, activation, dtype):
     b_base = ba.round_to(rng.uniform(-1, 1, (4 * u,)), dtype)  # b = b_base[::2]
     dy = ba.round_to(rng.uniform(-1, 1, (n, u)), dtype)
 
+    def on_device(a):
+        return torch.tensor(a, device=ba.TORCH_DEVICE).to(tdtype)
+
     for weight_3d in (False, True):
-        xt = torch.tensor(x_base).to(tdtype)[:, ::2].T.requires_grad_(True)
+        xt = on_device(x_base)[:, ::2].T.requires_grad_(True)
         if weight_3d:
-            wt = torch.tensor(w3_base).to(tdtype).permute(1, 0, 2).requires_grad_(True)
+            wt = on_device(w3_base).permute(1, 0, 2).requires_grad_(True)
         else:
-            wt = torch.tensor(w_base).to(tdtype).T.requires_grad_(True)
-        bt = torch.tensor(b_base).to(tdtype)[::2].requires_grad_(True)
+            wt = on_device(w_base).T.requires_grad_(True)
+        bt = on_device(b_base)[::2].requires_grad_(True)
         assert not xt.is_contiguous() and not wt.is_contiguous() and not bt.is_contiguous()
         x, w, b = (ba.to_numpy64(t) for t in (xt, wt, bt))
 
@@ -108,7 +111,7 @@ def test_torch_noncontiguous_and_transposed_inputs(backend, activation, dtype):
         with torch.no_grad():  # the inference path too
             out_ng = gk.glu(xt, wt, bt, activation=activation)
         assert torch.equal(out_ng, out.detach())
-        grads = torch.autograd.grad(out, (xt, wt, bt), torch.tensor(dy).to(tdtype))
+        grads = torch.autograd.grad(out, (xt, wt, bt), on_device(dy))
         refs = glu_reference_vjp(x, w, b, dy, activation)
         scales = gradient_scales(x, w, b, dy, activation, dtype)
         for name, got, ref, scale in zip(("dx", "dw", "db"), grads, refs, scales, strict=True):

@@ -85,7 +85,11 @@ def test_torch_gradcheck_gradgradcheck(backend, activation, save, lead, weight_3
     import glu_kernels as gk
 
     x, w, b = _float64_inputs(0, lead, weight_3d=weight_3d, bias=bias)
-    args = tuple(torch.tensor(a, requires_grad=True) for a in (x, w, b) if a is not None)
+    args = tuple(
+        torch.tensor(a, device=ba.TORCH_DEVICE, requires_grad=True)
+        for a in (x, w, b)
+        if a is not None
+    )
 
     def fn(*a):
         return gk.glu(*a, activation=activation, save=save)

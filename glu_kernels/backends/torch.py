@@ -157,15 +157,17 @@ def _grad_preactivation_fast(
     dy: Tensor, h: Tensor, activation: str, bias_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     """``(dh, db)`` for a plain backward (no create_graph; not differentiable): ATen's fused
-    backward kernels on row blocks, writing into one preallocated (B, 2U) dh, with db summed per
-    block while it is in cache. 16-bit inputs: float32 math, rounded once into dh and db."""
+    backward kernels writing into one preallocated (B, 2U) dh, with db summed per block while it is
+    in cache (row blocks on the CPU, one block elsewhere). 16-bit inputs: float32 math, dh rounded
+    once; db summed in float32 from the float32 block, except for CUDA's 16-bit GLU, where it sums
+    the rounded dh."""
     half = _is_half(h)
     if half and activation == "sigmoid" and h.is_cuda:
         # CUDA's aten::glu_backward computes 16-bit inputs in float32 and rounds each output once
         # (the CPU kernel rounds twice): one pass instead of widening dy and h to float32. db sums
         # the rounded dh, accumulating in float32.
         dh = torch.ops.aten.glu_backward(dy, h, -1)
-        return dh, dh.sum(0, dtype=torch.float32).to(h.dtype) if bias_grad else None
+        return dh, (dh.sum(0, dtype=torch.float32).to(h.dtype) if bias_grad else None)
     dh = torch.empty_like(h)
     db = h.new_zeros(h.shape[1], dtype=torch.float32 if half else h.dtype) if bias_grad else None
     for rows in _row_blocks(h):
