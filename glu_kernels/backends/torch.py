@@ -316,8 +316,9 @@ def _backward(ctx, dy: Tensor | None, dh_extra: Tensor | None):
             dh, db = _grad_preactivation_fast(dy, h, ctx.activation, bias_grad and dh_extra is None)
         if dh_extra is not None:
             dh = dh + dh_extra
-    dx = dh @ w.mT if ctx.needs_input_grad[0] else None
+    # dw first: weight_gradient's copy of x^T is freed before dx is allocated
     dw = weight_gradient(x, dh) if ctx.needs_input_grad[1] else None
+    dx = dh @ w.mT if ctx.needs_input_grad[0] else None
     if bias_grad and db is None:
         db = dh.sum(0)
     return dx, dw, db, None, None
