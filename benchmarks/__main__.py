@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,25 +59,59 @@ def _args(argv=None):
     return p.parse_args(argv)
 
 
-def _check_device(device: str) -> None:
-    """Exits with a clear message unless torch sees the CUDA device asked for."""
-    import torch
+def _gpus_seen(backend: str) -> tuple[int, str]:
+    """How many GPUs ``backend`` sees, and its name and version for a message."""
+    if backend == "torch":
+        import torch
 
-    kind, _, index = device.partition(":")
-    well_formed = kind == "cuda" and (index == "" or index.isdigit())
-    if not well_formed or gpu_index(device) >= torch.cuda.device_count():
-        raise SystemExit(
-            f"--device {device}: expected cpu or a CUDA device (cuda, cuda:N) that torch can see; "
-            f"torch {torch.__version__} sees {torch.cuda.device_count()} CUDA device(s)"
-        )
+        return torch.cuda.device_count(), f"torch {torch.__version__}"
+    import jax
+
+    try:
+        return len(jax.devices("gpu")), f"jax {jax.__version__}"
+    except RuntimeError:  # no GPU platform in this jaxlib
+        return 0, f"jax {jax.__version__}"
+
+
+def _check_device(device: str, backends: tuple[str, ...]) -> None:
+    """Exits with a clear message unless every backend in ``backends`` sees the GPU asked for."""
+    index = gpu_index(device)
+    for backend in backends:
+        count, who = _gpus_seen(backend)
+        if index is None or index >= count:
+            raise SystemExit(
+                f"--device {device}: expected cpu or a CUDA device (cuda, cuda:N) that every "
+                f"backend asked for can see; {who} sees {count} GPU(s)"
+            )
+
+
+def _command(args) -> list[str]:
+    """The options that shaped a run (not --out or --update-readme), to show how to repeat it."""
+    command = ["--quick"] if args.quick else ["--full"] if args.full else []
+    for option in ("backends", "shapes", "dtypes"):
+        value = getattr(args, option)
+        if value is not None and not (option == "backends" and value == ",".join(BACKENDS)):
+            command += [f"--{option}", value]
+    if args.activation != "sigmoid":
+        command += ["--activation", args.activation]
+    if args.device != "cpu":
+        command += ["--device", args.device]
+    return command + [
+        f"--{flag}" for flag in ("no-keras", "no-memory") if getattr(args, flag.replace("-", "_"))
+    ]
 
 
 def main(argv=None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = _args(argv)
+    command = _command(args)
+    root = HERE.parent
+    stem = "latest" if args.device == "cpu" else f"latest-{args.device.replace(':', '')}"
+    json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
+    if args.update_readme:  # fail now, not after the timing
+        png_link = readme.link(png_path, root)
     backends = tuple(b for b in args.backends.split(",") if b)
     if args.device != "cpu":  # TensorFlow's and NumPy's cases are CPU-only
         backends = tuple(b for b in backends if b in DEVICE_BACKENDS)
@@ -87,7 +120,7 @@ def main(argv=None) -> int:
                 f"--device {args.device} --backends {args.backends}: expected at least one of "
                 f"{', '.join(DEVICE_BACKENDS)} (the others run on the CPU only)"
             )
-        _check_device(args.device)
+        _check_device(args.device, backends)
         args.no_keras = args.no_memory = True
     console = Console()
     if not console.is_terminal:
@@ -109,8 +142,7 @@ def main(argv=None) -> int:
         "activation": args.activation,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": args.device,
-        # how to run it again (the README section shows it)
-        "argv": [a for a in argv if a != "--update-readme"],
+        "argv": command,  # how to run it again (the README section shows it)
         "machine": machine.describe(tuple(mods), args.device),
         "plan": {
             "shapes": shapes,
@@ -214,14 +246,11 @@ def main(argv=None) -> int:
 
     result["elapsed_s"] = time.perf_counter() - t_start
     report.print_tables(result, console)
-    stem = "latest" if args.device == "cpu" else f"latest-{args.device.replace(':', '')}"
-    json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
     report.write_json(result, json_path)
     report.plot(result, png_path)
     console.print(f"wrote {json_path} and {png_path}; {result['elapsed_s']:.0f} s")
     if args.update_readme:
-        root = HERE.parent
-        readme.update(root / "README.md", result, readme.link(png_path, root))
+        readme.update(root / "README.md", result, png_link)
         console.print(f"updated {root / 'README.md'} (bench section)")
     return 0
 

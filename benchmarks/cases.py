@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -110,7 +111,13 @@ def memory_cases(glu: Callable, unfused: Callable, packed: Callable, activation:
     }
 
 
-def gpu_index(device: str) -> int:
-    """The GPU ordinal of a ``--device`` string: 0 for "cuda", N for "cuda:N"."""
-    _, _, index = device.partition(":")
-    return int(index) if index else 0
+_GPU_DEVICE = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
+
+
+def gpu_index(device: str) -> int | None:
+    """The GPU ordinal of a ``--device`` string: 0 for "cuda", N for "cuda:N"; None if the string
+    is neither (e.g. "cpu", "gpu", "cuda:", "cuda:01")."""
+    match = _GPU_DEVICE.fullmatch(device)
+    if match is None:
+        return None
+    return int(match.group(1) or 0)

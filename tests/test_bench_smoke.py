@@ -134,7 +134,9 @@ def test_gpu_result_renders_into_its_own_readme_section(tmp_path):
     assert f"{readme.START}\nold cpu\n{readme.END}" in new and new.endswith("tail\n")
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:7", "gpu", "cuda:x"])
+@pytest.mark.parametrize(
+    "device", ["cuda", "cuda:7", "gpu", "cuda:x", "cuda:", "cuda:01", "cuda:²"]
+)
 def test_bench_refuses_a_device_it_cannot_see(device):
     torch = pytest.importorskip("torch")
     from benchmarks.__main__ import main
@@ -152,3 +154,37 @@ def test_bench_refuses_a_device_run_without_a_device_backend():
 
     with pytest.raises(SystemExit, match=r"--backends tensorflow,numpy: expected at least one of"):
         main(["--device", "cuda", "--backends", "tensorflow,numpy"])
+
+
+def test_gpu_index_parses_only_cuda_devices():
+    from benchmarks.cases import gpu_index
+
+    assert (gpu_index("cuda"), gpu_index("cuda:0"), gpu_index("cuda:12")) == (0, 0, 12)
+    for device in ("cpu", "gpu", "cuda:", "cuda:01", "cuda:-1", "cuda:1:2", "cuda:²", "CUDA"):
+        assert gpu_index(device) is None, device
+
+
+def test_stored_command_repeats_the_run_without_output_options():
+    from benchmarks.__main__ import _args, _command
+
+    argv = ["--quick", "--backends", "torch", "--out", "/tmp/x", "--update-r", "--no-keras"]
+    assert _command(_args(argv)) == ["--quick", "--backends", "torch", "--no-keras"]
+    assert _command(_args([])) == []
+    argv = ["--shapes", "ffn", "--device", "cuda:1", "--activation", "silu", "--dtypes", "float32"]
+    assert _command(_args(argv)) == [
+        "--shapes",
+        "ffn",
+        "--dtypes",
+        "float32",
+        "--activation",
+        "silu",
+        "--device",
+        "cuda:1",
+    ]
+
+
+def test_update_readme_with_a_plot_outside_the_repository_fails_before_timing(tmp_path):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit, match=r"expected a file inside the repository"):
+        main(["--quick", "--update-readme", "--out", str(tmp_path)])

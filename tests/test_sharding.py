@@ -109,13 +109,18 @@ def test_jax_column_parallel_forward_2d_mesh(activation, axis_type):
 
 @pytest.mark.parametrize("save", ["activations", "input"])
 @pytest.mark.parametrize("axis_type", AXIS_TYPES)
-def test_jax_column_parallel_gradients(axis_type, save):
+@pytest.mark.parametrize(
+    "lead, batch_spec",
+    [((8,), ("data",)), ((2, 4), (None, "data"))],
+    ids=["batch-sharded", "sequence-sharded"],  # x (8, D), or (2, 4, D) sharded on its 2nd axis
+)
+def test_jax_column_parallel_gradients(axis_type, save, lead, batch_spec):
     mesh = _mesh((2, 4), ("data", "model"), axis_type)
-    x, w, b = _data((8,))
-    dy = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)
-    xs = _put(mesh, x, "data", None)
+    x, w, b = _data(lead)
+    dy = np.random.default_rng(1).standard_normal((*lead, 32)).astype(np.float32)
+    xs = _put(mesh, x, *batch_spec, None)
     ws, bs = _put(mesh, w, None, None, "model"), _put(mesh, b, None, "model")
-    dys = _put(mesh, dy, "data", "model")
+    dys = _put(mesh, dy, *batch_spec, "model")
 
     def loss(x, w, b, dy):
         return jnp.sum(gk.glu(x, w, b, activation="silu", save=save) * dy)
@@ -125,7 +130,7 @@ def test_jax_column_parallel_gradients(axis_type, save):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     _assert_sharded(dw, mesh, None, None, "model")
     _assert_sharded(db, mesh, None, "model")
-    _assert_sharded(dx, mesh, "data", None)
+    _assert_sharded(dx, mesh, *batch_spec, None)
 
 
 @pytest.mark.parametrize("axis_type", AXIS_TYPES)

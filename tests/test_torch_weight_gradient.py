@@ -1,7 +1,7 @@
 """torch computes the weight gradient ``x.mT @ dh`` through a contiguous copy of ``x.mT`` where
-oneDNN's AMX bfloat16 GEMM is faster that way (bfloat16, D >= 1024). The property tests' D is far
-smaller, so only here does that branch run: both branches, forced on and off, against the float64
-reference, on any machine.
+oneDNN's AMX bfloat16 GEMM is faster that way (bfloat16 on the CPU, D >= 1024, 2U >= 2048). The
+property tests' shapes are far smaller, so only here does that branch run: the rule itself, and
+both branches, forced on and off, against the float64 reference on any machine.
 """
 
 from __future__ import annotations
@@ -13,40 +13,66 @@ from tolerances import assert_close, gradient_scales
 
 from glu_kernels.reference import glu_reference_vjp
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
+from glu_kernels.backends import torch as torch_backend  # noqa: E402
+
+D_MIN = torch_backend._CONTIGUOUS_XT_MIN_FEATURES
+N_MIN = torch_backend._CONTIGUOUS_XT_MIN_COLUMNS  # 2U
+
+
+@pytest.mark.parametrize(
+    "d, n, dtype, device, taken",
+    [
+        (D_MIN, N_MIN, torch.bfloat16, "cpu", True),
+        (4 * D_MIN, 2 * N_MIN, torch.bfloat16, "cpu", True),
+        (D_MIN - 1, N_MIN, torch.bfloat16, "cpu", False),
+        (D_MIN, N_MIN - 2, torch.bfloat16, "cpu", False),
+        (D_MIN, N_MIN, torch.float16, "cpu", False),
+        (D_MIN, N_MIN, torch.float32, "cpu", False),
+        (D_MIN, N_MIN, torch.bfloat16, "meta", False),  # not a CPU tensor
+    ],
+)
+def test_contiguous_xt_rule(monkeypatch, d, n, dtype, device, taken):
+    x = torch.empty(4, d, dtype=dtype, device=device)
+    dh = torch.empty(4, n, dtype=dtype, device=device)
+    monkeypatch.setattr(torch_backend, "_HAS_AMX", True)
+    assert torch_backend._contiguous_xt(x, dh) is taken
+    monkeypatch.setattr(torch_backend, "_HAS_AMX", False)
+    assert torch_backend._contiguous_xt(x, dh) is False
 
 
 @pytest.mark.parametrize("amx", [True, False], ids=["contiguous-xT", "transposed-x"])
-@pytest.mark.parametrize("dtype", ba.DTYPES["torch"])
-def test_torch_weight_gradient_at_wide_features(monkeypatch, dtype, amx):
-    from glu_kernels.backends import torch as torch_backend
-
+def test_torch_bfloat16_gradients_through_either_weight_gradient(monkeypatch, amx):
     monkeypatch.setattr(torch_backend, "_HAS_AMX", amx)
-    rows, d, u = 24, torch_backend._CONTIGUOUS_XT_MIN_FEATURES, 3
-    # Positive data, so dw's sums over rows cannot cancel: an error of a percent in them then
-    # exceeds the bfloat16 tolerance (with random signs it could hide within the cancellation).
+    rows, d, u = 6, D_MIN, N_MIN // 2
+    # Positive data, so dw's sums over rows cannot cancel (with random signs an error could hide
+    # within the cancellation). CPU tensors: the branch is for the CPU.
     rng = np.random.default_rng(11)
-    x = ba.round_to(rng.uniform(0.5, 1.0, (rows, d)), dtype)
-    w = ba.round_to(rng.uniform(0.0, 1.0, (d, 2 * u)) * np.sqrt(3.0 / d), dtype)
-    b = ba.round_to(rng.uniform(0.0, 1.0, 2 * u), dtype)
-    dy = ba.round_to(rng.uniform(0.5, 1.0, (rows, u)), dtype)
+    x = ba.round_to(rng.uniform(0.5, 1.0, (rows, d)), "bfloat16")
+    w = ba.round_to(rng.uniform(0.0, 1.0, (d, 2 * u)) * np.sqrt(3.0 / d), "bfloat16")
+    b = ba.round_to(rng.uniform(0.0, 1.0, 2 * u), "bfloat16")
+    dy = ba.round_to(rng.uniform(0.5, 1.0, (rows, u)), "bfloat16")
+    xt, wt, bt = (torch.tensor(a).to(torch.bfloat16).requires_grad_() for a in (x, w, b))
+    assert torch_backend._contiguous_xt(xt, torch.empty(rows, 2 * u, dtype=torch.bfloat16)) is amx
 
-    _, dx, dw, db = ba.gradients("torch", x, w, b, dy, dtype, activation="silu")
+    import glu_kernels as gk
+
+    out = gk.glu(xt, wt, bt, activation="silu")
+    grads = torch.autograd.grad(out, (xt, wt, bt), torch.tensor(dy).to(torch.bfloat16))
     refs = glu_reference_vjp(x, w, b, dy, "silu")
-    scales = gradient_scales(x, w, b, dy, "silu", dtype)
-    for name, got, ref, s in zip(("dx", "dw", "db"), (dx, dw, db), refs, scales, strict=True):
-        assert_close(got, ref, s, dtype, f"torch {name}")
+    scales = gradient_scales(x, w, b, dy, "silu", "bfloat16")
+    for name, got, ref, s in zip(("dx", "dw", "db"), grads, refs, scales, strict=True):
+        assert_close(ba.to_numpy64(got), ref, s, "bfloat16", f"torch {name}")
 
 
-def test_torch_weight_gradient_equals_the_plain_product():
-    import torch
-
-    from glu_kernels.backends import torch as torch_backend
-
-    x = torch.randn(40, 1024).to(torch.bfloat16)
-    dh = torch.randn(40, 6).to(torch.bfloat16)
+def test_torch_weight_gradient_equals_the_plain_product(monkeypatch):
+    monkeypatch.setattr(torch_backend, "_HAS_AMX", True)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, D_MIN, generator=gen).to(torch.bfloat16)
+    dh = torch.randn(40, N_MIN, generator=gen).to(torch.bfloat16)
+    assert torch_backend._contiguous_xt(x, dh)
     got = torch_backend.weight_gradient(x, dh)
-    assert got.shape == (1024, 6) and got.dtype == torch.bfloat16
+    assert got.shape == (D_MIN, N_MIN) and got.dtype == torch.bfloat16
     expected = (x.double().mT @ dh.double()).to(torch.bfloat16)
     # float32 accumulation, one rounding: within one bfloat16 ulp of the rounded exact product
     torch.testing.assert_close(got, expected, rtol=2**-7, atol=1e-6)

@@ -243,11 +243,14 @@ def _grad_preactivation(dy: Tensor, h: Tensor, activation: str) -> Tensor:
 
 
 # oneDNN's AMX bfloat16 GEMM reads a transposed left operand (x.mT: the rows of x are its columns)
-# about half as fast as a contiguous one; from D = 1024 a transposed copy of x costs less than it
-# saves (x.mT.contiguous() @ dh against x.mT @ dh on the project's CPU, 2 threads: 0.78-0.89x the
-# time at D = 1024-4096, 1.0x at D = 512, 1.5-1.7x at D = 256; float16 and float32: never faster).
-# Whole bfloat16 training steps: 0.92x at 2048x1024->1024, 0.91x at 4096x1024->2048.
+# slowly; for large enough D and 2U a transposed copy of x costs less than it saves. Whole bfloat16
+# training steps on the project's CPU (2 threads), x^T copy against plain x.mT @ dh, two rounds:
+# 0.90-0.95x at 2048x1024->1024 and 0.97-0.98x at 4096x1024->2048, but 1.04-1.22x at U = 512 and
+# 1.37-1.51x at U = 128-256 (float16 and float32: never faster). The GEMMs alone vary more than
+# that from run to run (the same product measured 0.67x and 1.10x in two processes), hence the
+# margins.
 _CONTIGUOUS_XT_MIN_FEATURES = 1024
+_CONTIGUOUS_XT_MIN_COLUMNS = 2048  # 2U
 
 
 def _amx() -> bool:
@@ -258,17 +261,21 @@ def _amx() -> bool:
 _HAS_AMX = _amx()
 
 
-def weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
-    """``x.mT @ dh`` (D, 2U), the weight gradient, with x transposed into contiguous memory first
-    where that is faster: bfloat16 on a CPU with AMX, D >= 1024."""
-    if (
+def _contiguous_xt(x: Tensor, dh: Tensor) -> bool:
+    """Whether ``weight_gradient`` copies x^T into contiguous memory first (see above)."""
+    return (
         _HAS_AMX
         and x.dtype == torch.bfloat16
         and x.is_cpu
         and x.shape[1] >= _CONTIGUOUS_XT_MIN_FEATURES
-    ):
-        return x.mT.contiguous() @ dh
-    return x.mT @ dh
+        and dh.shape[1] >= _CONTIGUOUS_XT_MIN_COLUMNS
+    )
+
+
+def weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
+    """``x.mT @ dh`` (D, 2U), the weight gradient, with x transposed into contiguous memory first
+    where that is faster: bfloat16 on a CPU with AMX, D >= 1024 and 2U >= 2048."""
+    return x.mT.contiguous() @ dh if _contiguous_xt(x, dh) else x.mT @ dh
 
 
 def _forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
