@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from benchmarks.report import _index, targets
-from benchmarks.variants import FLOOR, LABELS, ORDER
+from benchmarks.variants import FLOOR, FUSED, LABELS, ORDER
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 GPU_START, GPU_END = "<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"
@@ -26,6 +26,48 @@ def _versions(m: dict) -> str:
     return ", ".join(
         f"{k} {m[k]}" for k in ("torch", "jax", "tensorflow", "numpy") if isinstance(m.get(k), str)
     )
+
+
+def _by_backend(result: dict, idx: dict) -> list[str]:
+    """A table of glu_kernels.glu's own median time per backend, for choosing one: each row a
+    shape, dtype and phase; the fastest backend's cell in bold."""
+    backends = list(dict.fromkeys(k[0] for k in idx if k[0] != "numpy"))
+    rows = dict.fromkeys(k[1:] for k in idx if k[0] in backends)
+    if len(backends) < 2:
+        return []
+    caveat = ""
+    gpu = result["machine"].get("gpu")
+    if gpu is not None and "jax" in backends:
+        tf32 = "on" if gpu["tf32_matmul"] else "off"
+        caveat = (
+            f" On a GPU the float32 rows are not like for like: torch's TF32 matmuls are {tf32}, "
+            "JAX runs float32 matmuls at its default precision (TF32 on recent NVIDIA GPUs)."
+        )
+    lines = [
+        "",
+        "`glu_kernels.glu` itself, median ms, by backend (fastest in bold; the backends ran one "
+        "after another in this process, not interleaved, so differences under ~15% are noise)."
+        + caveat,
+        "",
+        "| shape | dtype | phase | " + " | ".join(backends) + " |",
+        "|---|---|---|" + "---:|" * len(backends),
+    ]
+    for shape, dtype, phase in rows:
+        ms = {
+            b: idx[(b, shape, dtype, phase)][FUSED]["stats"]["median"] * 1e3
+            for b in backends
+            if FUSED in idx.get((b, shape, dtype, phase), {})
+        }
+        if not ms:
+            continue
+        best = min(ms, key=ms.get)
+        cells = [
+            "-" if b not in ms else f"**{ms[b]:.3g}**" if b == best else f"{ms[b]:.3g}"
+            for b in backends
+        ]
+        label = result["shapes"][shape]["label"]
+        lines.append(f"| {label} | {dtype} | {phase} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def section(result: dict, png: str) -> str:
@@ -86,6 +128,7 @@ def section(result: dict, png: str) -> str:
             f"| {backend} | {result['shapes'][shape]['label']} | {dtype} | {phase} | "
             f"{f * 1e3:.3g} | " + " | ".join(cells) + " |"
         )
+    lines += _by_backend(result, idx)
     rows = targets(result)
     if rows:
         lines += [

@@ -66,6 +66,7 @@ def test_memory_and_keras_step_were_measured(quick_run):
 
 def test_plot_table_and_readme_section(quick_run):
     from benchmarks import readme
+    from glu_kernels import available_backends
 
     png = quick_run["dir"] / "latest.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -73,6 +74,11 @@ def test_plot_table_and_readme_section(quick_run):
     section = readme.section(quick_run["result"], "benchmarks/results/latest.png")
     assert section.startswith(readme.START) and section.endswith(readme.END)
     assert "| torch |" in section and "Machine:" in section
+    by_backend = section.split("by backend", 1)[1].split("\n\n", 2)[1]  # the table after it
+    header, _, *rows = by_backend.splitlines()
+    timed = [b for b in ("torch", "jax", "tensorflow") if b in available_backends()]
+    assert header == "| shape | dtype | phase | " + " | ".join(timed) + " |", header
+    assert rows and all(row.count("**") == 2 for row in rows), rows  # one fastest per row
 
 
 def _gpu_result() -> dict:
