@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.report import _index, targets
-from benchmarks.variants import FLOOR, FUSED, LABELS, ORDER
+from benchmarks.report import BY_BACKEND_TITLE, _index, fused_by_backend, targets
+from benchmarks.variants import FLOOR, LABELS, ORDER
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 GPU_START, GPU_END = "<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"
@@ -28,12 +28,9 @@ def _versions(m: dict) -> str:
     )
 
 
-def _by_backend(result: dict, idx: dict) -> list[str]:
-    """A table of glu_kernels.glu's own median time per backend, for choosing one: each row a
-    shape, dtype and phase; the fastest backend's cell in bold."""
-    backends = list(dict.fromkeys(k[0] for k in idx if k[0] != "numpy"))
-    rows = dict.fromkeys(k[1:] for k in idx if k[0] in backends)
-    if len(backends) < 2:
+def _by_backend(result: dict) -> list[str]:
+    backends, rows = fused_by_backend(result)
+    if not rows:
         return []
     caveat = ""
     gpu = result["machine"].get("gpu")
@@ -43,26 +40,22 @@ def _by_backend(result: dict, idx: dict) -> list[str]:
             f" On a GPU the float32 rows are not like for like: torch's TF32 matmuls are {tf32}, "
             "JAX runs float32 matmuls at its default precision (TF32 on recent NVIDIA GPUs)."
         )
+    title = BY_BACKEND_TITLE.replace("glu_kernels.glu", "`glu_kernels.glu`", 1)
     lines = [
         "",
-        "`glu_kernels.glu` itself, median ms, by backend (fastest in bold; the backends ran one "
-        "after another in this process, not interleaved, so differences under ~15% are noise)."
-        + caveat,
+        f"{title}.{caveat}",
         "",
         "| shape | dtype | phase | " + " | ".join(backends) + " |",
         "|---|---|---|" + "---:|" * len(backends),
     ]
-    for shape, dtype, phase in rows:
-        ms = {
-            b: idx[(b, shape, dtype, phase)][FUSED]["stats"]["median"] * 1e3
-            for b in backends
-            if FUSED in idx.get((b, shape, dtype, phase), {})
-        }
-        if not ms:
-            continue
-        best = min(ms, key=ms.get)
+    for shape, dtype, phase, seconds in rows:
+        best = min(seconds, key=seconds.get)
         cells = [
-            "-" if b not in ms else f"**{ms[b]:.3g}**" if b == best else f"{ms[b]:.3g}"
+            "-"
+            if b not in seconds
+            else f"**{seconds[b] * 1e3:.3g}**"
+            if b == best
+            else f"{seconds[b] * 1e3:.3g}"
             for b in backends
         ]
         label = result["shapes"][shape]["label"]
@@ -128,7 +121,7 @@ def section(result: dict, png: str) -> str:
             f"| {backend} | {result['shapes'][shape]['label']} | {dtype} | {phase} | "
             f"{f * 1e3:.3g} | " + " | ".join(cells) + " |"
         )
-    lines += _by_backend(result, idx)
+    lines += _by_backend(result)
     rows = targets(result)
     if rows:
         lines += [

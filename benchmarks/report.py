@@ -129,6 +129,31 @@ def targets(result: dict) -> list[dict]:
     return rows
 
 
+BY_BACKEND_TITLE = (
+    "glu_kernels.glu itself, median ms, by backend (fastest in bold; the backends ran one after "
+    "another in this process, not interleaved, so differences under ~15% are noise)"
+)
+
+
+def fused_by_backend(result: dict) -> tuple[list[str], list[tuple[str, str, str, dict]]]:
+    """glu_kernels.glu's own median seconds per backend (NumPy aside), for choosing a backend:
+    ``(backends, [(shape, dtype, phase, {backend: seconds}), ...])``; no rows for one backend."""
+    idx = _index(result["timings"])
+    backends = list(dict.fromkeys(k[0] for k in idx if k[0] != "numpy"))
+    if len(backends) < 2:
+        return backends, []
+    rows = []
+    for shape, dtype, phase in dict.fromkeys(k[1:] for k in idx if k[0] in backends):
+        seconds = {
+            b: idx[(b, shape, dtype, phase)][FUSED]["stats"]["median"]
+            for b in backends
+            if FUSED in idx.get((b, shape, dtype, phase), {})
+        }
+        if seconds:
+            rows.append((shape, dtype, phase, seconds))
+    return backends, rows
+
+
 def print_tables(result: dict, console) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -168,6 +193,23 @@ def print_tables(result: dict, console) -> None:
                 f"{floor['median'] * 1e3:.3g} ({floor['iqr_pct']:.0f}%)",
                 *cells,
             )
+        console.print(table)
+    backends, rows = fused_by_backend(result)
+    if rows:
+        table = Table(title=BY_BACKEND_TITLE, title_justify="left")
+        for col in ("shape", "dtype", "phase", *backends):
+            table.add_column(col, justify="right" if col in backends else "left")
+        for shape, dtype, phase, seconds in rows:
+            best = min(seconds, key=seconds.get)
+            cells = [
+                "-"
+                if b not in seconds
+                else f"[bold]{seconds[b] * 1e3:.3g}[/]"
+                if b == best
+                else f"{seconds[b] * 1e3:.3g}"
+                for b in backends
+            ]
+            table.add_row(result["shapes"][shape]["label"], dtype, phase, *cells)
         console.print(table)
     if result.get("memory"):
         table = Table(
