@@ -10,7 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.report import BY_BACKEND_TITLE, _index, fused_by_backend, targets
+from benchmarks.report import (
+    BY_BACKEND_TITLE,
+    _index,
+    by_backend_cells,
+    fused_by_backend,
+    targets,
+)
 from benchmarks.variants import FLOOR, LABELS, ORDER
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -49,15 +55,7 @@ def _by_backend(result: dict) -> list[str]:
         "|---|---|---|" + "---:|" * len(backends),
     ]
     for shape, dtype, phase, seconds in rows:
-        best = min(seconds, key=seconds.get)
-        cells = [
-            "-"
-            if b not in seconds
-            else f"**{seconds[b] * 1e3:.3g}**"
-            if b == best
-            else f"{seconds[b] * 1e3:.3g}"
-            for b in backends
-        ]
+        cells = by_backend_cells(seconds, backends, fastest="**{}**")
         label = result["shapes"][shape]["label"]
         lines.append(f"| {label} | {dtype} | {phase} | " + " | ".join(cells) + " |")
     return lines

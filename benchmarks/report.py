@@ -154,6 +154,17 @@ def fused_by_backend(result: dict) -> tuple[list[str], list[tuple[str, str, str,
     return backends, rows
 
 
+def by_backend_cells(seconds: dict, backends: list[str], fastest: str) -> list[str]:
+    """One row of the by-backend table: milliseconds, "-" where a backend has no time, the
+    fastest formatted with ``fastest`` (e.g. "**{}**")."""
+    best = min(seconds, key=seconds.get)
+    cells = []
+    for b in backends:
+        ms = "-" if b not in seconds else f"{seconds[b] * 1e3:.3g}"
+        cells.append(fastest.format(ms) if b == best else ms)
+    return cells
+
+
 def print_tables(result: dict, console) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -200,15 +211,7 @@ def print_tables(result: dict, console) -> None:
         for col in ("shape", "dtype", "phase", *backends):
             table.add_column(col, justify="right" if col in backends else "left")
         for shape, dtype, phase, seconds in rows:
-            best = min(seconds, key=seconds.get)
-            cells = [
-                "-"
-                if b not in seconds
-                else f"[bold]{seconds[b] * 1e3:.3g}[/]"
-                if b == best
-                else f"{seconds[b] * 1e3:.3g}"
-                for b in backends
-            ]
+            cells = by_backend_cells(seconds, backends, fastest="[bold]{}[/]")
             table.add_row(result["shapes"][shape]["label"], dtype, phase, *cells)
         console.print(table)
     if result.get("memory"):

@@ -105,7 +105,7 @@ def variants(
 def _faster_weight_product(x, dh):
     """``x^T @ dh`` as the faster of ``x.mT @ dh`` and ``x.mT.contiguous() @ dh``, timed here: on
     AMX CPUs oneDNN's bfloat16 GEMM reads a transposed left operand slowly, and glu copies x^T for
-    large shapes (torch backend, weight_gradient); the floor takes whichever form is faster
+    large shapes (torch backend, _weight_gradient); the floor takes whichever form is faster
     itself, so it stays a floor without depending on that rule."""
     if not x.is_cpu:
         return lambda: x.mT @ dh

@@ -124,9 +124,10 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
             # db as a contraction with ones, like dx and dw: a reduction would read dh in another
             # shape, (B, 2, U) instead of the GEMMs' (B, 2U), and XLA:CPU would then compute the
             # elementwise pass twice, keeping both copies (float32 training step at
-            # 2048x1024->1024: 56 -> 32 MiB of XLA scratch, 0.95-0.98x the time). Over all
-            # leading axes at once (no reshape: a batch sharded on a later axis stays as it is),
-            # at full precision, as a sum is (no TF32 or bf16 passes on an accelerator).
+            # 2048x1024->1024: 56 -> 32 MiB of XLA scratch; 0.92-0.98x the time there and at
+            # 4096x1024->2048, float32 and bfloat16). Over all leading axes at once (no reshape:
+            # a batch sharded on a later axis stays as it is), at full precision, as a sum is (no
+            # TF32 or bf16 passes on an accelerator).
             lead = tuple(range(dh.ndim - 2))
             db = jax.lax.dot_general(
                 jnp.ones(dh.shape[:-2], dh.dtype),

@@ -262,7 +262,7 @@ _HAS_AMX = _amx()
 
 
 def _contiguous_xt(x: Tensor, dh: Tensor) -> bool:
-    """Whether ``weight_gradient`` copies x^T into contiguous memory first (see above)."""
+    """Whether ``_weight_gradient`` copies x^T into contiguous memory first (see above)."""
     return (
         _HAS_AMX
         and x.dtype == torch.bfloat16
@@ -272,7 +272,7 @@ def _contiguous_xt(x: Tensor, dh: Tensor) -> bool:
     )
 
 
-def weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
+def _weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
     """``x.mT @ dh`` (D, 2U), the weight gradient, with x transposed into contiguous memory first
     where that is faster: bfloat16 on a CPU with AMX, D >= 1024 and 2U >= 2048."""
     return x.mT.contiguous() @ dh if _contiguous_xt(x, dh) else x.mT @ dh
@@ -323,8 +323,8 @@ def _backward(ctx, dy: Tensor | None, dh_extra: Tensor | None):
             dh, db = _grad_preactivation_fast(dy, h, ctx.activation, bias_grad and dh_extra is None)
         if dh_extra is not None:
             dh = dh + dh_extra
-    # dw first: weight_gradient's copy of x^T is freed before dx is allocated
-    dw = weight_gradient(x, dh) if ctx.needs_input_grad[1] else None
+    # dw first: _weight_gradient's copy of x^T is freed before dx is allocated
+    dw = _weight_gradient(x, dh) if ctx.needs_input_grad[1] else None
     dx = dh @ w.mT if ctx.needs_input_grad[0] else None
     if bias_grad and db is None:
         db = dh.sum(0)
