@@ -189,8 +189,15 @@ def test_stored_command_repeats_the_run_without_output_options():
     ]
 
 
-def test_update_readme_with_a_plot_outside_the_repository_fails_before_timing(tmp_path):
-    from benchmarks.__main__ import main
+def test_update_readme_with_a_plot_outside_the_repository_fails_before_timing(
+    tmp_path, monkeypatch
+):
+    import benchmarks.__main__ as bench
 
+    def timed(*args, **kwargs):
+        raise AssertionError("timed before the plot's path was checked")
+
+    monkeypatch.setattr(bench, "measure", timed)
+    main = bench.main
     with pytest.raises(SystemExit, match=r"expected a file inside the repository"):
         main(["--quick", "--update-readme", "--out", str(tmp_path)])
