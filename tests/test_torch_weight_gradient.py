@@ -1,5 +1,5 @@
 """torch computes the weight gradient ``x.mT @ dh`` through a contiguous copy of ``x.mT`` where
-oneDNN's AMX bfloat16 GEMM is faster that way (bfloat16 on the CPU, D >= 1024, 2U >= 2048). The
+oneDNN's AMX bfloat16 GEMM is faster that way (bfloat16 on the CPU, D >= 512, 2U >= 2048). The
 property tests' shapes are far smaller, so only here does that branch run: the rule itself, and
 both branches, forced on and off, against the float64 reference on any machine.
 """
@@ -76,3 +76,13 @@ def test_torch_weight_gradient_equals_the_plain_product(monkeypatch):
     expected = (x.double().mT @ dh.double()).to(torch.bfloat16)
     # float32 accumulation, one rounding: within one bfloat16 ulp of the rounded exact product
     torch.testing.assert_close(got, expected, rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, 200])
+def test_transposed_copy_is_x_transposed(rows):
+    # rows around the copy's block of 64, and a non-contiguous x (every other column)
+    x = torch.arange(rows * 2 * 9, dtype=torch.float32).reshape(rows, 18).to(torch.bfloat16)
+    x = x[:, ::2]
+    xt = torch_backend.transposed_copy(x)
+    assert xt.is_contiguous() and xt.shape == (9, rows)
+    assert torch.equal(xt, x.mT)

@@ -243,14 +243,17 @@ def _grad_preactivation(dy: Tensor, h: Tensor, activation: str) -> Tensor:
 
 
 # oneDNN's AMX bfloat16 GEMM reads a transposed left operand (x.mT: the rows of x are its columns)
-# slowly; for large enough D and 2U a transposed copy of x costs less than it saves. Whole bfloat16
-# training steps on the project's CPU (2 threads), x^T copy against plain x.mT @ dh, two rounds:
-# 0.90-0.95x at 2048x1024->1024 and 0.97-0.98x at 4096x1024->2048, but 1.04-1.22x at U = 512 and
-# 1.37-1.51x at U = 128-256 (float16 and float32: never faster). The GEMMs alone vary more than
-# that from run to run (the same product measured 0.67x and 1.10x in two processes), hence the
-# margins.
-_CONTIGUOUS_XT_MIN_FEATURES = 1024
+# slowly; for large enough D and 2U, copying x^T into contiguous memory first costs less than it
+# saves. The weight product alone on the project's CPU (2 threads), copy + GEMM against
+# x.mT @ dh: 0.63-0.70x at 2048x1024->1024, 0.63-0.65x at 4096x1024->2048, 0.48x at
+# 2048x4096->11008, 0.75-0.79x at 2048x512->1024; but 0.93-0.95x at D = 256, and from 0.81x to
+# 1.70x at 2U <= 1024 depending on B and D (float16 and float32: never faster); hence the bounds.
+_CONTIGUOUS_XT_MIN_FEATURES = 512
 _CONTIGUOUS_XT_MIN_COLUMNS = 2048  # 2U
+
+# x^T is copied this many rows of x at a time: each block's source stays in cache while it is
+# scattered into columns (1.0 ms against 1.6 ms for x.mT.contiguous() at 2048x1024 bfloat16).
+_TRANSPOSE_ROWS = 64
 
 
 def _amx() -> bool:
@@ -272,10 +275,20 @@ def _contiguous_xt(x: Tensor, dh: Tensor) -> bool:
     )
 
 
+def transposed_copy(x: Tensor) -> Tensor:
+    """``x.mT`` of the 2-D ``x`` in contiguous memory, copied in blocks of rows (see above)."""
+    if torch.compiler.is_compiling():  # the compiler plans its own copy
+        return x.mT.contiguous()
+    xt = x.new_empty(x.shape[1], x.shape[0])
+    for r in range(0, x.shape[0], _TRANSPOSE_ROWS):
+        xt[:, r : r + _TRANSPOSE_ROWS].copy_(x[r : r + _TRANSPOSE_ROWS].mT)
+    return xt
+
+
 def _weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
     """``x.mT @ dh`` (D, 2U), the weight gradient, with x transposed into contiguous memory first
-    where that is faster: bfloat16 on a CPU with AMX, D >= 1024 and 2U >= 2048."""
-    return x.mT.contiguous() @ dh if _contiguous_xt(x, dh) else x.mT @ dh
+    where that is faster: bfloat16 on a CPU with AMX, D >= 512 and 2U >= 2048."""
+    return transposed_copy(x) @ dh if _contiguous_xt(x, dh) else x.mT @ dh
 
 
 def _forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
