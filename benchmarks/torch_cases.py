@@ -13,7 +13,7 @@ from benchmarks.cases import Shape, memory_cases
 from benchmarks.peak_memory import peak_bytes
 from benchmarks.timing import measure
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
-from glu_kernels.backends.torch import transposed_copy
+from glu_kernels.backends.torch import _transposed_copy
 
 _ACT = {
     "sigmoid": torch.sigmoid,
@@ -104,21 +104,22 @@ def variants(
 
 
 def _faster_weight_product(x, dh):
-    """``x^T @ dh`` as the fastest of ``x.mT @ dh``, ``x.mT.contiguous() @ dh`` and the library's
-    blocked copy of x^T, timed here: on AMX CPUs oneDNN's bfloat16 GEMM reads a transposed left
-    operand slowly, and glu copies x^T for large shapes (torch backend, _weight_gradient); the
-    floor takes whichever form is fastest itself, so it stays a floor without depending on that
-    rule."""
+    """``(name, product)``: ``x^T @ dh`` as the fastest of ``x.mT @ dh``,
+    ``x.mT.contiguous() @ dh`` and the library's blocked copy of x^T, timed here: on AMX CPUs
+    oneDNN's bfloat16 GEMM reads a transposed left operand slowly, and glu copies x^T for large
+    shapes (torch backend, _weight_gradient); the floor takes whichever form is fastest itself, so
+    it stays a floor without depending on that rule. The name goes into the floor's label."""
     if not x.is_cpu:
-        return lambda: x.mT @ dh
+        return "x.mT @ dh", lambda: x.mT @ dh
     forms = {
         "x.mT @ dh": lambda: x.mT @ dh,
         "x.mT.contiguous() @ dh": lambda: x.mT.contiguous() @ dh,
-        "transposed_copy(x) @ dh": lambda: transposed_copy(x) @ dh,
+        "blocked x^T copy @ dh": lambda: _transposed_copy(x) @ dh,
     }
     with torch.no_grad():
-        stats = measure(forms, budget_s=0.3, min_reps=3, max_reps=9)
-    return forms[min(stats, key=lambda k: stats[k].median)]
+        stats = measure(forms, budget_s=0.5, min_reps=5, max_reps=15)
+    name = min(stats, key=lambda k: stats[k].median)
+    return name, forms[name]
 
 
 def _variants(
@@ -168,7 +169,7 @@ def _variants(
             )
         )
 
-    weight_product = _faster_weight_product(x, dh)
+    product_name, weight_product = _faster_weight_product(x, dh)
 
     def floor_train():
         return x @ w2, dh @ w2.mT, weight_product()
@@ -176,7 +177,7 @@ def _variants(
     out.append(
         Variant(
             FLOOR,
-            "addmm(b, x, [W|V]); train: x@W2, dh@W2^T, x^T@dh",
+            f"addmm(b, x, [W|V]); train: x@W2, dh@W2^T, x^T@dh (as {product_name})",
             no_grad(lambda: torch.addmm(b2, x, w2)),
             no_grad(floor_train),
         )

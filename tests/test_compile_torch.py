@@ -11,7 +11,8 @@ What is checked, and why this way:
   this 2-core machine. One case runs Inductor end to end (it needs a C++ compiler).
 * ``torch.library.opcheck`` on ``glu_op``: schema, fake kernel, autograd registration, AOT dispatch.
   gradcheck/gradgradcheck in float64 go through the op itself (the core suite checks ``glu``).
-* ``torch.func.vmap`` over x, and over per-example weights (the registered vmap rule).
+* ``torch.func.vmap`` over x, and over per-example weights (the registered vmap rule); batched
+  cotangents (``is_grads_batched``, ``jacobian(vectorize=True)``), which vmap the backward.
 * CPU autocast: ``glu`` under ``torch.autocast("cpu", dtype)`` behaves like a matmul: floating
   inputs (but float64) are cast to the autocast dtype, so float32 parameters with float32 or
   bfloat16 activations work, and the result is in the autocast dtype; the grad path (custom op) and
@@ -299,6 +300,38 @@ def test_torch_vmap_output_is_differentiable():
         )
         np.testing.assert_allclose(dx[i].numpy(), rdx, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(dw[i].numpy(), rdw, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_torch_batched_cotangents_match_reference(activation):
+    """``autograd.grad(is_grads_batched=True)`` vmaps the backward over a batch of cotangents (the
+    fast backward's out= and scratch writes cannot be batched: the whole-tensor one runs)."""
+    x, w, b = (t.detach().double().requires_grad_() for t in _inputs(lead=(5,), w3=False))
+    out = gk.glu(x, w, b, activation=activation)
+    cotangents = torch.randn(
+        4, *out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
+    got = torch.autograd.grad(out, (x, w, b), cotangents, is_grads_batched=True)
+    x64, w64, b64 = (t.detach().numpy() for t in (x, w, b))
+    for i, dy in enumerate(cotangents.numpy()):
+        want = glu_reference_vjp(x64, w64, b64, dy, activation)
+        for g_, ref in zip(got, want, strict=True):
+            np.testing.assert_allclose(g_[i].numpy(), ref, **F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_vectorized_jacobian_matches_the_looped_one(dtype):
+    x, w, b = _inputs(lead=(6,), w3=False, dtype=dtype)
+    x, w, b = x.detach(), w.detach(), b.detach()
+    jac = torch.autograd.functional.jacobian
+
+    def fn(x_, w_):
+        return gk.glu(x_, w_, b, activation="silu")
+
+    vectorized = jac(fn, (x, w), vectorize=True)
+    looped = jac(fn, (x, w))
+    for v, l_ in zip(vectorized, looped, strict=True):
+        torch.testing.assert_close(v, l_)
 
 
 @pytest.mark.xfail(

@@ -44,7 +44,7 @@ def test_contiguous_xt_rule(monkeypatch, d, n, dtype, device, taken):
 @pytest.mark.parametrize("amx", [True, False], ids=["contiguous-xT", "transposed-x"])
 def test_torch_bfloat16_gradients_through_either_weight_gradient(monkeypatch, amx):
     monkeypatch.setattr(torch_backend, "_HAS_AMX", amx)
-    rows, d, u = 6, D_MIN, N_MIN // 2
+    rows, d, u = 2 * torch_backend._TRANSPOSE_ROWS + 3, D_MIN, N_MIN // 2  # three copy blocks
     # Positive data, so dw's sums over rows cannot cancel (with random signs an error could hide
     # within the cancellation). CPU tensors: the branch is for the CPU.
     rng = np.random.default_rng(11)
@@ -80,9 +80,14 @@ def test_torch_weight_gradient_equals_the_plain_product(monkeypatch):
 
 @pytest.mark.parametrize("rows", [1, 63, 64, 65, 200])
 def test_transposed_copy_is_x_transposed(rows):
-    # rows around the copy's block of 64, and a non-contiguous x (every other column)
-    x = torch.arange(rows * 2 * 9, dtype=torch.float32).reshape(rows, 18).to(torch.bfloat16)
-    x = x[:, ::2]
-    xt = torch_backend.transposed_copy(x)
+    # rows around the copy's block of 64; a non-contiguous x (every other column); distinct values
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 18, generator=gen).to(torch.bfloat16)[:, ::2]
+    xt = torch_backend._transposed_copy(x)
     assert xt.is_contiguous() and xt.shape == (9, rows)
     assert torch.equal(xt, x.mT)
+
+
+def test_transposed_copy_of_a_transposed_x_copies_nothing():
+    x = torch.randn(12, 5).to(torch.bfloat16).mT  # x.mT is contiguous already
+    assert torch_backend._transposed_copy(x).data_ptr() == x.data_ptr()

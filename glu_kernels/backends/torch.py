@@ -289,10 +289,10 @@ def _contiguous_xt(x: Tensor, dh: Tensor) -> bool:
     )
 
 
-def transposed_copy(x: Tensor) -> Tensor:
+def _transposed_copy(x: Tensor) -> Tensor:
     """``x.mT`` of the 2-D ``x`` in contiguous memory, copied in blocks of rows (see above)."""
-    if torch.compiler.is_compiling():  # the compiler plans its own copy
-        return x.mT.contiguous()
+    if torch.compiler.is_compiling() or x.mT.is_contiguous():
+        return x.mT.contiguous()  # traced, the compiler plans the copy; contiguous, none is made
     xt = x.new_empty(x.shape[1], x.shape[0])
     for r in range(0, x.shape[0], _TRANSPOSE_ROWS):
         xt[:, r : r + _TRANSPOSE_ROWS].copy_(x[r : r + _TRANSPOSE_ROWS].mT)
@@ -302,7 +302,7 @@ def transposed_copy(x: Tensor) -> Tensor:
 def _weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
     """``x.mT @ dh`` (D, 2U), the weight gradient, with x transposed into contiguous memory first
     where that is faster: bfloat16 on a CPU with AMX, D >= 512 and 2U >= 2048."""
-    return transposed_copy(x) @ dh if _contiguous_xt(x, dh) else x.mT @ dh
+    return _transposed_copy(x) @ dh if _contiguous_xt(x, dh) else x.mT @ dh
 
 
 def _forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
@@ -333,6 +333,12 @@ def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(x, w, b)
 
 
+def _is_batched(t: Tensor) -> bool:
+    """Whether ``t`` is a batch of cotangents that autograd's vmap hands to the backward."""
+    is_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(is_batched is not None and is_batched(t))
+
+
 def _backward(ctx, dy: Tensor | None, dh_extra: Tensor | None):
     # Cotangents are not materialized: dh_extra (h's) is None but under double backward, where the
     # first backward's use of h sends one; dy (out's) may then be None.
@@ -344,7 +350,9 @@ def _backward(ctx, dy: Tensor | None, dh_extra: Tensor | None):
         dh = dh_extra
     else:
         h = saved if ctx.save == "activations" else _preactivation(x, w, saved)
-        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+        if torch.is_grad_enabled() or _is_batched(dy):
+            # create_graph (a backward that is itself differentiable), or a batch of cotangents
+            # (is_grads_batched, jacobian(vectorize=True)): whole-tensor ops that vmap can batch
             dh = _grad_preactivation(dy, h, ctx.activation)
         else:
             dh, db = _grad_preactivation_fast(dy, h, ctx.activation, bias_grad and dh_extra is None)
