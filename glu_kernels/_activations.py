@@ -1,7 +1,7 @@
 """The activation table: each gate activation as math, written once for every backend.
 
 A formula here receives the gate ``g`` and a *primitives* namespace ``p`` of the backend it runs
-on (``p.sigmoid``, ``p.tanh``, ``p.erf``, ``p.exp``, ``p.relu``, ``p.positive``), so one line of
+on (``p.sigmoid``, ``p.tanh``, ``p.erfc``, ``p.exp``, ``p.relu``, ``p.positive``), so one line of
 math serves NumPy, JAX, PyTorch and TensorFlow alike. Backends use their framework's own fused
 kernel for the forward value where one exists (``torch.nn.functional.silu``, ``jax.nn.gelu``, ...);
 the derivative always comes from here.
@@ -25,7 +25,7 @@ class Primitives(Protocol):
 
     def sigmoid(self, g: Array) -> Array: ...
     def tanh(self, g: Array) -> Array: ...
-    def erf(self, g: Array) -> Array: ...
+    def erfc(self, g: Array) -> Array: ...
     def exp(self, g: Array) -> Array: ...
     def relu(self, g: Array) -> Array: ...
     def positive(self, g: Array) -> Array:
@@ -67,7 +67,10 @@ def _silu(g, p):
 
 
 def _gelu_cdf(g, p):
-    return 0.5 * (1.0 + p.erf(g * SQRT_HALF))
+    # erfc, not 1 + erf: exact in the lower tail, and XLA's float32 erf stops at +-0.99999982, so
+    # 1 + erf would leave GeGLU at g = -1e4 at -0.0027 instead of 0 (and TF's float64 erf(inf) is
+    # NaN)
+    return 0.5 * p.erfc(-g * SQRT_HALF)
 
 
 def _gelu(g, p):

@@ -158,6 +158,36 @@ def test_jax_column_parallel_training_step_keeps_weights_sharded(axis_type):
     _assert_sharded(params[1], mesh, None, "model")
 
 
+@pytest.mark.parametrize("check_vma", [True, False])
+@pytest.mark.parametrize("save", ["activations", "input"])
+@pytest.mark.parametrize(
+    "w_spec, b_spec",
+    [(P(), P()), (P(None, None, "model"), P(None, "model"))],
+    ids=["data-parallel", "data-and-tensor-parallel"],
+)
+def test_jax_shard_map_gradients(w_spec, b_spec, save, check_vma):
+    """Inside shard_map, dw (and dx, under tensor parallelism) vary along mesh axes their primal
+    does not: the custom VJP must sum them there, as JAX's own rules do (with check_vma, JAX
+    rejects cotangents typed unlike their primals)."""
+    shard_map = getattr(jax, "shard_map", None)
+    if shard_map is None:
+        pytest.skip("this JAX has no jax.shard_map")
+    x, w, b = _data((16,))
+    dy = np.ones((16, w.shape[-1]), np.float32)
+    mesh = _mesh((4, 2), ("data", "model"), "Auto")
+    out_spec = P("data", None if w_spec == P() else "model")
+    f = shard_map(
+        lambda x, w, b: gk.glu(x, w, b, save=save),
+        mesh=mesh,
+        in_specs=(P("data", None), w_spec, b_spec),
+        out_specs=out_spec,
+        check_vma=check_vma,
+    )
+    grads = jax.jit(jax.grad(lambda *a: f(*a).sum(), argnums=(0, 1, 2)))(x, w, b)
+    for got, want in zip(grads, glu_reference_vjp(x, w, b, dy, "sigmoid"), strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, **F32)
+
+
 def test_jax_packed_weight_sharded_over_2u_is_correct_but_not_local():
     """A (D, 2U) weight sharded over its last axis puts all value columns on the first devices and
     all gate columns on the last ones: still correct, but a*act(g) then needs data from other

@@ -29,7 +29,7 @@ def dtype_name(t: jax.Array) -> str:
 class _Primitives:
     sigmoid = staticmethod(jax.nn.sigmoid)
     tanh = staticmethod(jnp.tanh)
-    erf = staticmethod(jax.scipy.special.erf)
+    erfc = staticmethod(jax.scipy.special.erfc)
     exp = staticmethod(jnp.exp)
     relu = staticmethod(jax.nn.relu)
 
@@ -73,6 +73,26 @@ def _like(primal) -> dict:
     return {}
 
 
+def _varying_axes(v) -> frozenset:
+    """The manual mesh axes ``v`` varies along inside ``shard_map`` (empty outside it)."""
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:
+        return frozenset()
+    aval = typeof(v)
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    return frozenset(vma or ())
+
+
+def _summed_like(cotangent, primal):
+    """The cotangent summed over the ``shard_map`` axes along which it varies but its primal does
+    not (dw of a weight replicated over a batch-sharded axis), as JAX's own transpose rules do; a
+    custom VJP must return cotangents typed like its primals."""
+    extra = tuple(sorted(_varying_axes(cotangent) - _varying_axes(primal)))
+    return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
 @cache
 def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias: bool):
     """The jitted custom-VJP glu for one (activation, save, dtype, bias or not)."""
@@ -89,11 +109,11 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
 
     def glu3_fwd(x, w3, b3):
         h = _preactivation(x, w3, b3, compute_dtype)
-        return epilogue(h), (x, w3, h if save == "activations" else b3)
+        return epilogue(h), (x, w3, b3, h if save == "activations" else None)
 
     def glu3_bwd(residuals, dy):
-        x, w3, saved = residuals
-        h = saved if save == "activations" else _preactivation(x, w3, saved, compute_dtype)
+        x, w3, b3, saved = residuals
+        h = saved if save == "activations" else _preactivation(x, w3, b3, compute_dtype)
         a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
         da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, act, PRIMITIVES)
         # The barrier keeps XLA:CPU from fusing this elementwise pass into each of its consumers
@@ -137,9 +157,9 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
                 preferred_element_type=compute_dtype,
             )
         return (
-            dx.astype(dtype),
-            dw.astype(dtype),
-            None if db is None else db.astype(dtype),
+            _summed_like(dx, x).astype(dtype),
+            _summed_like(dw, w3).astype(dtype),
+            None if db is None else _summed_like(db, b3).astype(dtype),
         )
 
     glu3.defvjp(glu3_fwd, glu3_bwd)

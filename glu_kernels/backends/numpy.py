@@ -14,7 +14,7 @@ from glu_kernels._validate import GluSpec
 
 NAME = "numpy"
 
-_erf = np.frompyfunc(math.erf, 1, 1)
+_erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
 def shape(t: np.ndarray) -> tuple[int, ...]:
@@ -34,8 +34,8 @@ class _Primitives:
     exp = staticmethod(np.exp)
 
     @staticmethod
-    def erf(g):
-        return _erf(g).astype(g.dtype)
+    def erfc(g):
+        return _erfc(g).astype(g.dtype)
 
     @staticmethod
     def relu(g):

@@ -30,7 +30,7 @@ def dtype_name(t) -> str:
 class _Primitives:
     sigmoid = staticmethod(tf.math.sigmoid)
     tanh = staticmethod(tf.math.tanh)
-    erf = staticmethod(tf.math.erf)
+    erfc = staticmethod(tf.math.erfc)
     exp = staticmethod(tf.math.exp)
     relu = staticmethod(tf.nn.relu)
 

@@ -53,7 +53,7 @@ def dtype_name(t: Tensor) -> str:
 class _Primitives:
     sigmoid = staticmethod(torch.sigmoid)
     tanh = staticmethod(torch.tanh)
-    erf = staticmethod(torch.erf)
+    erfc = staticmethod(torch.erfc)
     exp = staticmethod(torch.exp)
     relu = staticmethod(torch.relu)
 
