@@ -101,6 +101,19 @@ class KMRSublayerView(KerasSaveable):
             layer.bias.assign(packed_bias)
 
 
+def holds_kmr_halves(store: Any) -> bool:
+    """Whether the weights file behind ``store`` (Keras' H5 store, positioned at one layer) keeps
+    KMR's two ``Dense`` sublayers there: a KMR file loaded into a model built in code with this
+    layer (``model.load_weights``). False for any other store, which then must hold our weights."""
+    h5_file, path = getattr(store, "h5_file", None), getattr(store, "_h5_entry_path", None)
+    if h5_file is None or not isinstance(path, str) or not path:
+        return False
+    try:
+        return all(f"{path}/{half}/vars" in h5_file for half in _HALF_NAMES)
+    except (TypeError, ValueError, KeyError):
+        return False
+
+
 class _KMRLoader:
     """Stands in for KMR's class during deserialization: builds our layer from KMR's config."""
 

@@ -16,7 +16,7 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 import glu_kernels
-from glu_keras._kmr import KMRSublayerView
+from glu_keras._kmr import KMRSublayerView, holds_kmr_halves
 from glu_keras.initializers import PerHalf
 from glu_kernels._validate import resolve_activation
 
@@ -181,7 +181,7 @@ class GatedLinearUnit(keras.layers.Layer):
     # --- Saving and KMR migration ----------------------------------------------------------------
 
     def load_own_variables(self, store: Any) -> None:
-        if self._kmr_compat and len(store.keys()) == 0:
+        if len(store.keys()) == 0 and (self._kmr_compat or holds_kmr_halves(store)):
             return  # a KMR file: the `linear` and `sigmoid` views below receive the weights
         super().load_own_variables(store)
 

@@ -75,6 +75,8 @@ def glu(
     Precision: 16-bit inputs (float16, bfloat16) are multiplied with float32 accumulation; the
     pre-activation ``h`` is rounded once to the input dtype (it is the matmul's output, and what
     backward keeps); the activation and the product are then computed in float32 and rounded once.
+    (TensorFlow's 16-bit matmul cannot return float32: there ``x @ w`` is rounded once and the bias
+    added in float32, so its bits differ from the other backends', by no more.)
     The backward elementwise pass is computed the same way. (Libraries that round ``act(g)`` to 16
     bits before the multiply give slightly different bits.)
 

@@ -31,7 +31,10 @@ def xla_path(monkeypatch):
 def _xla_calls(tf_backend) -> int:
     return sum(
         info.hits + info.misses
-        for info in (tf_backend._xla_forward.cache_info(), tf_backend._xla_backward.cache_info())
+        for info in (
+            tf_backend._xla_epilogue.cache_info(),
+            tf_backend._xla_grad_preactivation.cache_info(),
+        )
     )
 
 

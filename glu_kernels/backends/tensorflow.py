@@ -58,30 +58,30 @@ except ImportError:  # pragma: no cover - older/newer TensorFlow: always take th
         return True
 
 
-def _preactivation(x2, w2, b2):
-    h = tf.linalg.matmul(x2, w2)
-    return h if b2 is None else tf.nn.bias_add(h, b2)
-
-
-def _halves(h, compute_dtype):
-    a, g = tf.split(h, 2, axis=-1)  # one op for both halves
-    return tf.cast(a, compute_dtype), tf.cast(g, compute_dtype)
+def _halves(h, b, compute_dtype):
+    """``(a, g)`` of ``h + b`` in compute_dtype. The bias is added there, not to the 16-bit h:
+    ``tf.linalg.matmul`` has already rounded h once, and a 16-bit ``bias_add`` would round it
+    again (it is also why backward keeps h without the bias)."""
+    h = tf.cast(h, compute_dtype)
+    if b is not None:
+        h = tf.nn.bias_add(h, tf.cast(b, compute_dtype))
+    return tf.split(h, 2, axis=-1)  # one op for both halves
 
 
 def _forward(activation: Activation):
     return _FORWARD.get(activation.name) or (lambda g: activation.forward(g, PRIMITIVES))
 
 
-def _epilogue(h, activation: Activation, dtype: str, compute_dtype: str):
-    """``a * f(g)`` for ``h = [a | g]``, computed in compute_dtype and rounded once to dtype."""
-    a, g = _halves(h, compute_dtype)
+def _epilogue(h, b, activation: Activation, dtype: str, compute_dtype: str):
+    """``a * f(g)`` for ``[a | g] = h + b``, computed in compute_dtype and rounded once to dtype."""
+    a, g = _halves(h, b, compute_dtype)
     return tf.cast(a * _forward(activation)(g), dtype)
 
 
-def _grad_preactivation(dy, h, activation: Activation, dtype: str, compute_dtype: str, bias: bool):
-    """``(dh, db)``: ``dh = [dy * f(g), dy * a * f'(g)]`` and its column sums (None without bias),
-    computed in compute_dtype and each rounded once to dtype."""
-    a, g = _halves(h, compute_dtype)
+def _grad_preactivation(dy, h, b, activation: Activation, dtype: str, compute_dtype: str):
+    """``(dh, db)``: ``dh = [dy * f(g), dy * a * f'(g)]`` for ``[a | g] = h + b`` and its column
+    sums (None without bias), computed in compute_dtype and each rounded once to dtype."""
+    a, g = _halves(h, b, compute_dtype)
     dy = tf.cast(dy, compute_dtype)
     gate_grad = _GATE_GRAD.get(activation.name)
     if gate_grad is None:
@@ -90,7 +90,7 @@ def _grad_preactivation(dy, h, activation: Activation, dtype: str, compute_dtype
         f = _forward(activation)(g)
         da, dg = dy * f, gate_grad(dy * a, g, f)
     dh = tf.concat([da, dg], axis=-1)
-    db = tf.cast(tf.reduce_sum(dh, axis=0), dtype) if bias else None
+    db = None if b is None else tf.cast(tf.reduce_sum(dh, axis=0), dtype)
     return tf.cast(dh, dtype), db
 
 
@@ -110,65 +110,61 @@ def _use_xla(h) -> bool:
 
 
 @cache
-def _xla_forward(activation: Activation, dtype: str, compute_dtype: str, keep_h: bool):
-    """``(h + b) -> out`` (and the biased h, if kept for backward) as one XLA function."""
-
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def forward(h, b):
-        if b is not None:
-            h = tf.nn.bias_add(h, b)
-        out = _epilogue(h, activation, dtype, compute_dtype)
-        return (out, h) if keep_h else out
-
-    return forward
+def _xla_epilogue(activation: Activation, dtype: str, compute_dtype: str):
+    """``_epilogue`` as one XLA function."""
+    return tf.function(
+        lambda h, b: _epilogue(h, b, activation, dtype, compute_dtype),
+        jit_compile=True,
+        reduce_retracing=True,
+    )
 
 
 @cache
-def _xla_backward(activation: Activation, dtype: str, compute_dtype: str, bias: bool):
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def backward(dy, h):
-        return _grad_preactivation(dy, h, activation, dtype, compute_dtype, bias)
-
-    return backward
+def _xla_grad_preactivation(activation: Activation, dtype: str, compute_dtype: str):
+    """``_grad_preactivation`` as one XLA function."""
+    return tf.function(
+        lambda dy, h, b: _grad_preactivation(dy, h, b, activation, dtype, compute_dtype),
+        jit_compile=True,
+        reduce_retracing=True,
+    )
 
 
 def _glu2(x2, w2, b2, spec: GluSpec):
     """glu on 2-D x (B, D) and w (D, 2U) with the memory-lean custom gradient."""
     act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
-    bias = b2 is not None
 
-    def forward(x2, w2, b2, keep_h: bool):
-        """``(out, h)``, h None unless keep_h."""
+    def forward(x2, w2, b2):
+        """``(out, h)``, h = x2 @ w2 without the bias (see _halves)."""
         h = tf.linalg.matmul(x2, w2)
-        if _use_xla(h):
-            result = _xla_forward(act, dtype, compute_dtype, keep_h)(h, b2)
-            return result if keep_h else (result, None)
-        if b2 is not None:
-            h = tf.nn.bias_add(h, b2)
-        return _epilogue(h, act, dtype, compute_dtype), h if keep_h else None
+        epilogue = _xla_epilogue(act, dtype, compute_dtype) if _use_xla(h) else _eager_epilogue
+        return epilogue(h, b2), h
+
+    def _eager_epilogue(h, b2):
+        return _epilogue(h, b2, act, dtype, compute_dtype)
 
     @tf.custom_gradient
     def glu2(*args):
         x2, w2, *b2 = args
         b2 = b2[0] if b2 else None
-        out, kept = forward(x2, w2, b2, keep_h=spec.save == "activations")
+        out, h = forward(x2, w2, b2)
+        kept = h if spec.save == "activations" else None
 
         def grad(dy):
-            h = kept if kept is not None else _preactivation(x2, w2, b2)
+            h = kept if kept is not None else tf.linalg.matmul(x2, w2)
             if _use_xla(h):
-                dh, db = _xla_backward(act, dtype, compute_dtype, bias)(dy, h)
+                dh, db = _xla_grad_preactivation(act, dtype, compute_dtype)(dy, h, b2)
             else:
-                dh, db = _grad_preactivation(dy, h, act, dtype, compute_dtype, bias)
+                dh, db = _grad_preactivation(dy, h, b2, act, dtype, compute_dtype)
             grads = [
                 tf.linalg.matmul(dh, w2, transpose_b=True),
                 tf.linalg.matmul(x2, dh, transpose_a=True),
             ]
-            return grads + ([db] if bias else [])
+            return grads + ([db] if b2 is not None else [])
 
         return out, grad
 
     if tf.executing_eagerly() and not _could_record():  # eager inference: no gradient to record
-        return forward(x2, w2, b2, keep_h=False)[0]
+        return forward(x2, w2, b2)[0]
     return glu2(x2, w2) if b2 is None else glu2(x2, w2, b2)
 
 
@@ -194,7 +190,8 @@ def glu(x, w, b, spec: GluSpec):
 
 def implementation(spec: GluSpec) -> str:
     return (
-        "tf.linalg.matmul on the packed (D, 2U) weight; bias, epilogue and the backward "
+        "tf.linalg.matmul on the packed (D, 2U) weight (bias added after it, in the compute "
+        "dtype); bias, epilogue and the backward "
         "elementwise pass as one XLA-compiled function each for eager calls of "
         f">= {_XLA_MIN_ELEMENTS} elements in h, else as TensorFlow ops (fused by XLA under "
         "jit_compile=True); tf.custom_gradient backward"

@@ -64,6 +64,33 @@ def test_sequential_kmr_file_gives_kmr_outputs(kmr_outputs):
     np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
 
 
+def test_model_built_in_code_loads_kmr_weights(kmr_outputs):
+    """The migration that changes only the import: the same architecture built with our layer,
+    then ``load_weights`` of KMR's file (whose GLU stores keep KMR's two Dense sublayers)."""
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(32, activation="relu"),
+            GatedLinearUnit(units=16),
+            keras.layers.Dense(8, activation="relu"),
+            GatedLinearUnit(units=4),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.load_weights(FIXTURES / "kmr_sequential.keras")
+    y = to_numpy(model(kmr_outputs["sequential_x"]))
+    np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
+
+
+def test_own_weights_file_missing_the_layer_still_fails(tmp_path):
+    """An empty store that is not KMR's keeps Keras' error (nothing loads silently)."""
+    plain = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4)])
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    model = keras.Sequential([keras.Input((12,)), GatedLinearUnit(units=2)])
+    with pytest.raises(ValueError):
+        model.load_weights(tmp_path / "plain.weights.h5")
+
+
 def test_functional_rank3_multi_output_kmr_file_gives_kmr_outputs(kmr_outputs):
     model = load_kmr("kmr_functional.keras")
     assert sum(isinstance(layer, GatedLinearUnit) for layer in model.layers) == 2
