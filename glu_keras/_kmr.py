@@ -121,7 +121,9 @@ class _KMRLoader:
     def from_config(config: dict[str, Any]) -> GatedLinearUnit:
         from glu_keras.layer import GatedLinearUnit
 
-        layer = GatedLinearUnit.from_config(config)
+        # KMR's layer does not support masking: Keras drops a mask there, and the model after it
+        # computes without one. The loaded layer does the same (and says so in its config).
+        layer = GatedLinearUnit.from_config({**config, "propagate_mask": False})
         layer._kmr_compat = True
         return layer
 

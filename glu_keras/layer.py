@@ -60,6 +60,9 @@ class GatedLinearUnit(keras.layers.Layer):
         kernel_constraint: constraint on the whole kernel; ``axis=0`` norms (``MaxNorm``,
             ``UnitNorm``) act per output column exactly as on a ``Dense`` kernel.
         bias_constraint: constraint on the bias.
+        propagate_mask: pass an incoming Keras mask (``Embedding(mask_zero=True)``, ``Masking``)
+            on to the next layers, as ``Dense`` does. KMR's layer drops it (Keras warns); models
+            loaded through ``kmr_custom_objects`` get ``False``, so they compute what they did.
         **kwargs: base ``keras.layers.Layer`` arguments (``dtype``, ``trainable``,
             ``activity_regularizer``, ...).
 
@@ -91,6 +94,7 @@ class GatedLinearUnit(keras.layers.Layer):
         bias_regularizer: Any = None,
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
+        propagate_mask: bool = True,
         **kwargs: Any,
     ) -> None:
         _check_units(units)  # before the Keras base init, as KMR
@@ -106,7 +110,8 @@ class GatedLinearUnit(keras.layers.Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
-        self.supports_masking = True
+        self.propagate_mask = bool(propagate_mask)
+        self.supports_masking = self.propagate_mask
         self.kernel = None
         self.bias = None
         # Set by glu_keras.kmr_custom_objects() on layers deserialized from a KMR config: their own
@@ -139,7 +144,9 @@ class GatedLinearUnit(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         dtype = self.compute_dtype
-        x = inputs
+        x = ops.convert_to_tensor(
+            inputs, sparse=False
+        )  # sparse inputs densified, as Dense takes them
         if keras.backend.standardize_dtype(x.dtype) != dtype:  # e.g. integer inputs, as Dense takes
             x = ops.cast(x, dtype)
         kernel = self._native(self.kernel, dtype)
@@ -159,7 +166,8 @@ class GatedLinearUnit(keras.layers.Layer):
         return (*tuple(input_shape)[:-1], self.units)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
-        return mask  # as Dense: the mask of the leading axes passes through
+        # as Dense: the mask of the leading axes passes through; or dropped, as KMR's layer does
+        return mask if self.propagate_mask else None
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -174,6 +182,7 @@ class GatedLinearUnit(keras.layers.Layer):
                 "bias_regularizer": regularizers.serialize(self.bias_regularizer),
                 "kernel_constraint": constraints.serialize(self.kernel_constraint),
                 "bias_constraint": constraints.serialize(self.bias_constraint),
+                "propagate_mask": self.propagate_mask,
             }
         )
         return config

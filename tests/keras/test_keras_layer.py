@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras_helpers import numpy_glu, to_numpy
 
+import glu_keras
 import glu_kernels
 from glu_keras import GatedLinearUnit, PerHalf
 from glu_keras._kmr import KMRStyleGatedLinearUnit
@@ -173,6 +174,30 @@ def test_integer_inputs_are_cast_like_dense():
     assert keras.backend.standardize_dtype(y.dtype) == "float32"
 
 
+def _sparse(dense):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.sparse.from_dense(dense)
+    if backend == "jax":
+        from jax.experimental import sparse
+
+        return sparse.BCOO.fromdense(dense)
+    import torch
+
+    return torch.tensor(dense).to_sparse()
+
+
+def test_sparse_inputs_are_densified_like_dense(rng):
+    layer = built(4, 16)
+    randomize(layer, rng)
+    dense = np.eye(3, 16, dtype="float32")
+    np.testing.assert_allclose(
+        to_numpy(layer(_sparse(dense))), to_numpy(layer(dense)), atol=ATOL, rtol=RTOL
+    )
+
+
 def test_symbolic_call_and_output_spec():
     layer = GatedLinearUnit(7)
     out = layer(keras.KerasTensor((None, 3, 5)))
@@ -214,6 +239,40 @@ def test_kmr_style_reference_layer_computes_the_same(rng):
     assert len(twin.trainable_weights) == 4
     x = rng.normal(size=(6, 12)).astype("float32")
     np.testing.assert_allclose(to_numpy(layer(x)), to_numpy(twin(x)), atol=ATOL, rtol=RTOL)
+
+
+def _masked_model(glu_layer, embedding_weights):
+    """Embedding(mask_zero=True) -> the GLU layer -> LSTM: the LSTM sees the mask only if the GLU
+    layer passes it on."""
+    tokens = keras.Input((None,), dtype="int32")
+    embedding = keras.layers.Embedding(10, 12, mask_zero=True)
+    lstm = keras.layers.LSTM(3, kernel_initializer="ones", recurrent_initializer="zeros")
+    model = keras.Model(tokens, lstm(glu_layer(embedding(tokens))))
+    embedding.set_weights([embedding_weights])
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:.*does not support masking")
+def test_mask_passes_through_or_is_dropped_as_kmr_does(rng):
+    layer = built(4, 12)
+    randomize(layer, rng)
+    embedding = rng.normal(size=(10, 12)).astype("float32")
+    tokens = np.array([[1, 2, 0, 0], [3, 4, 5, 0]])
+    kmr = to_numpy(_masked_model(kmr_style_twin(layer), embedding)(tokens))
+
+    loaded = glu_keras._kmr._KMRLoader.from_config(
+        {k: v for k, v in layer.get_config().items() if k != "propagate_mask"}  # KMR's config
+    )
+    assert loaded.get_config()["propagate_mask"] is False
+    loaded.build((None, 12))
+    loaded.set_weights(layer.get_weights())
+    np.testing.assert_allclose(
+        to_numpy(_masked_model(loaded, embedding)(tokens)), kmr, atol=ATOL, rtol=RTOL
+    )
+
+    ours = to_numpy(_masked_model(layer, embedding)(tokens))  # masked steps skipped: differs
+    assert np.abs(ours - kmr).max() > 1e-3
+    assert to_numpy(layer.compute_mask(None, np.array([True, False]))).tolist() == [True, False]
 
 
 def test_training_step_goes_through_glu_kernels_and_matches_kmr(monkeypatch, rng):
