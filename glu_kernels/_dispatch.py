@@ -28,7 +28,10 @@ _SUPPORTED = tuple(kind for _, _, kind in REGISTRY.values())
 
 @cache
 def backend_name_of_type(t: type) -> str | None:
-    """The registered backend whose framework defines ``t`` (or a base class of it), else None."""
+    """The registered backend whose framework defines ``t`` (or a base class of it), else None
+    (also for a framework's sparse and ragged types)."""
+    if t.__name__ in _validate.SPARSE_OR_RAGGED:
+        return None
     for klass in t.__mro__:
         top = klass.__module__.partition(".")[0]
         for name, (modules, _, _) in REGISTRY.items():

@@ -160,10 +160,21 @@ def _check_dtypes(x_dtype: str, w_dtype: str, b_dtype: str | None) -> None:
         )
 
 
+# Sparse and ragged types of the supported frameworks: not dense arrays, so not taken (by name,
+# so that nothing here imports a framework).
+SPARSE_OR_RAGGED = frozenset({"RaggedTensor", "SparseTensor", "IndexedSlices", "BCOO", "BCSR"})
+
+
 def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeError:
+    hint = ""
+    if type(value).__name__ in SPARSE_OR_RAGGED:
+        hint = (
+            " (sparse and ragged tensors are not dense arrays: convert first, e.g. "
+            "tf.sparse.to_dense, RaggedTensor.to_tensor(), BCOO.todense())"
+        )
     return TypeError(
         f"glu takes arrays of one of these types: {', '.join(supported)}. "
-        f"Received: {arg} of type {_type_name(type(value))}"
+        f"Received: {arg} of type {_type_name(type(value))}{hint}"
     )
 
 

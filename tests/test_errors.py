@@ -283,3 +283,27 @@ def test_activation_names_are_case_insensitive(backend):
         ba.to_numpy64(gk.glu(x, w, activation="SiLU"))
         == ba.to_numpy64(gk.glu(x, w, activation="silu"))
     ).all()
+
+
+def _sparse_and_ragged(backend):
+    dense = np.ones((2, 2), np.float32)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.ragged.constant([[1.0, 2.0], [3.0, 4.0]]), tf.sparse.from_dense(dense)]
+    from jax.experimental import sparse
+
+    return [sparse.BCOO.fromdense(dense)]
+
+
+@pytest.mark.parametrize("backend", [b for b in ("tensorflow", "jax") if ba.installed(b)])
+def test_sparse_and_ragged_tensors_are_refused_with_a_hint(backend):
+    w = ba.to_backend(backend, np.ones((2, 4)), "float32")
+    for bad in _sparse_and_ragged(backend):
+        with pytest.raises(TypeError) as info:
+            gk.glu(bad, w)
+        assert re.search(
+            rf"{SUPPORTED_TYPES}\. Received: x of type \S+\.{type(bad).__name__} \(sparse and "
+            r"ragged tensors are not dense arrays: convert first",
+            str(info.value),
+        ), str(info.value)
