@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from functools import cache
 from types import ModuleType
 
@@ -56,8 +57,17 @@ def _imported_backend(name: str) -> ModuleType:
     return importlib.import_module(f"glu_kernels.backends.{name}")
 
 
+def _all_torch(tensor: type, x: object, w: object, b: object | None) -> bool:
+    return isinstance(x, tensor) and isinstance(w, tensor) and (b is None or isinstance(b, tensor))
+
+
 def backend_of(x: object, w: object, b: object | None) -> ModuleType:
     """The backend module for one call; raises TypeError for unsupported or mixed array types."""
+    torch = sys.modules.get("torch")
+    if torch is not None and _all_torch(torch.Tensor, x, w, b):
+        # torch.compile traces this function: isinstance it can, a walk over the __mro__ of a
+        # tensor subclass (nn.Parameter, as Keras' torch backend passes) it cannot
+        return backend("torch")
     name = backend_name_of_type(type(x))
     if (
         name is not None

@@ -117,6 +117,24 @@ def test_torch_compile_fullgraph_matches_eager(activation, save, bias):
         torch.testing.assert_close(gc, ge, rtol=0, atol=0)
 
 
+def test_torch_compile_fullgraph_with_parameters():
+    """nn.Parameter weights (a tensor subclass; what Keras' torch backend and nn.Modules pass)."""
+    torch._dynamo.reset()
+    x, w, b = _inputs()
+    w, b = torch.nn.Parameter(w.detach()), torch.nn.Parameter(b.detach())
+
+    def fn(x, w, b):
+        return gk.glu(x, w, b, activation="silu")
+
+    capture = _GraphCapture()
+    out_c, grads_c = _run(torch.compile(fn, fullgraph=True, backend=capture), x, w, b)
+    out_e, grads_e = _run(fn, x, w, b)
+    assert capture.frames == 1
+    torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
+    for gc, ge in zip(grads_c, grads_e, strict=True):
+        torch.testing.assert_close(gc, ge, rtol=0, atol=0)
+
+
 def test_torch_compile_inference_path_has_no_custom_op():
     torch._dynamo.reset()
     x, w, b = (t.detach() for t in _inputs())
