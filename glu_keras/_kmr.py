@@ -83,7 +83,7 @@ class KMRSublayerView(KerasSaveable):
                 f"KMR Dense '{name}' has a kernel of shape {kernel.shape}; this layer expects "
                 f"(input_dim, units) = {(d, units)}."
             )
-        packed = keras.ops.convert_to_numpy(layer.kernel).copy()
+        packed = keras.ops.convert_to_numpy(layer.kernel.value).copy()
         packed[:, self._half, :] = kernel
         layer.kernel.assign(packed)
         if "1" in store:
@@ -96,7 +96,7 @@ class KMRSublayerView(KerasSaveable):
                 raise ValueError(
                     f"KMR Dense '{name}' has a bias of shape {bias.shape}; expected ({units},)."
                 )
-            packed_bias = keras.ops.convert_to_numpy(layer.bias).copy()
+            packed_bias = keras.ops.convert_to_numpy(layer.bias.value).copy()
             packed_bias[self._half] = bias
             layer.bias.assign(packed_bias)
 

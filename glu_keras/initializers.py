@@ -1,4 +1,5 @@
-"""``PerHalf``: an initializer that fills the value and gate halves of a packed GLU weight apart.
+"""``PerHalf``: an initializer that fills the value and gate halves of a packed GLU weight apart;
+and the same for regularizers and constraints (``per_half_regularizer``, ``per_half_constraint``).
 
 A fused GLU keeps ``[W | V]`` in one (D, 2, U) kernel. Handing that shape to ``glorot_uniform``
 would compute its fans from (D, 2, U) (fan_in = 2D, fan_out = DU): the wrong statistics. ``PerHalf``
@@ -69,3 +70,35 @@ def _reseeded(initializer: Any) -> Any:
         if "seed" in config:
             return type(initializer).from_config({**config, "seed": seed + 1})
     return initializer  # unseeded callables and SeedGenerator-seeded initializers differ per call
+
+
+def _halves(weight: Any) -> tuple[Any, Any]:
+    return weight[..., 0, :], weight[..., 1, :]
+
+
+def per_half_regularizer(regularizer: Any) -> Any:
+    """``regularizer`` applied to each half of a packed (..., 2, U) weight as to a Dense weight of
+    shape (..., U), the penalties summed (the same as on the whole weight for L1/L2; rank-2 ones
+    such as ``OrthogonalRegularizer`` need it). None stays None."""
+    if regularizer is None:
+        return None
+
+    def regularize(weight: Any) -> Any:
+        value, gate = _halves(weight)
+        return regularizer(value) + regularizer(gate)
+
+    return regularize
+
+
+def per_half_constraint(constraint: Any) -> Any:
+    """``constraint`` applied to each half of a packed (..., 2, U) weight as to a Dense weight of
+    shape (..., U) (a norm over ``axis=1`` then normalises a half's rows, as on a Dense kernel).
+    None stays None."""
+    if constraint is None:
+        return None
+
+    def constrain(weight: Any) -> Any:
+        value, gate = _halves(weight)
+        return keras.ops.stack([constraint(value), constraint(gate)], axis=-2)
+
+    return constrain

@@ -17,7 +17,7 @@ from keras import constraints, initializers, ops, regularizers
 
 import glu_kernels
 from glu_keras._kmr import KMRSublayerView, holds_kmr_halves
-from glu_keras.initializers import PerHalf
+from glu_keras.initializers import PerHalf, per_half_constraint, per_half_regularizer
 from glu_kernels._validate import resolve_activation
 
 __all__ = ["GatedLinearUnit"]
@@ -54,12 +54,12 @@ class GatedLinearUnit(keras.layers.Layer):
             ``Dense``.
         bias_initializer: initializer applied to each (units,) half of the bias; default
             ``"zeros"``.
-        kernel_regularizer: regularizer on the whole (input_dim, 2, units) kernel (for the usual
-            L1/L2 this equals regularizing both halves, as two ``Dense`` layers would).
-        bias_regularizer: regularizer on the (2, units) bias.
-        kernel_constraint: constraint on the whole kernel; ``axis=0`` norms (``MaxNorm``,
-            ``UnitNorm``) act per output column exactly as on a ``Dense`` kernel.
-        bias_constraint: constraint on the bias.
+        kernel_regularizer: regularizer applied to each (input_dim, units) half of the kernel, as
+            on two ``Dense`` kernels, the penalties summed.
+        bias_regularizer: regularizer applied to each (units,) half of the bias.
+        kernel_constraint: constraint applied to each (input_dim, units) half of the kernel, as on
+            a ``Dense`` kernel (``MaxNorm``, ``UnitNorm`` of either axis mean what they mean there).
+        bias_constraint: constraint applied to each (units,) half of the bias.
         propagate_mask: pass an incoming Keras mask (``Embedding(mask_zero=True)``, ``Masking``)
             on to the next layers, as ``Dense`` does. KMR's layer drops it (Keras warns); models
             loaded through ``kmr_custom_objects`` get ``False``, so they compute what they did.
@@ -129,16 +129,16 @@ class GatedLinearUnit(keras.layers.Layer):
             name="kernel",
             shape=(input_dim, 2, self.units),
             initializer=PerHalf(self.kernel_initializer),
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
+            regularizer=per_half_regularizer(self.kernel_regularizer),
+            constraint=per_half_constraint(self.kernel_constraint),
         )
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
                 shape=(2, self.units),
                 initializer=PerHalf(self.bias_initializer),
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
+                regularizer=per_half_regularizer(self.bias_regularizer),
+                constraint=per_half_constraint(self.bias_constraint),
             )
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 

@@ -120,6 +120,29 @@ def test_regularizers_and_constraints():
     )  # per column, as Dense
 
 
+def test_regularizers_and_constraints_act_per_half_as_on_dense(rng):
+    """Rank-2 regularizers work, and a row norm (axis=1) normalises each half's rows: what they do
+    on the two Dense kernels of KMR's layer."""
+    layer = built(
+        4,
+        6,
+        kernel_regularizer=keras.regularizers.OrthogonalRegularizer(0.1),
+        kernel_constraint=keras.constraints.UnitNorm(axis=1),
+    )
+    randomize(layer, rng)
+    twin = kmr_style_twin(layer)
+    layer(np.ones((2, 6), "float32"))
+    dense_penalty = sum(
+        float(to_numpy(keras.regularizers.OrthogonalRegularizer(0.1)(d.kernel)))
+        for d in (twin.linear, twin.sigmoid)
+    )
+    np.testing.assert_allclose(float(to_numpy(layer.losses[0])), dense_penalty, rtol=1e-5)
+    constrained = to_numpy(layer.kernel.constraint(layer.kernel))
+    for half, dense in ((0, twin.linear), (1, twin.sigmoid)):
+        expected = to_numpy(keras.constraints.UnitNorm(axis=1)(dense.kernel))
+        np.testing.assert_allclose(constrained[:, half], expected, rtol=1e-5, atol=1e-6)
+
+
 # --- shapes and values ------------------------------------------------------------------------
 
 
