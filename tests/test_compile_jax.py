@@ -169,11 +169,14 @@ def test_jax_hessian_vector_product_reverse_over_reverse():
 
 
 def test_jax_forward_mode_is_not_supported():
-    """glu is a jax.custom_vjp: reverse mode only. jvp/jacfwd/jax.hessian raise JAX's own error;
-    use reverse-over-reverse (jax.jacrev(jax.jacrev(f))) for Hessians."""
+    """glu is a jax.custom_vjp: jvp/jacfwd on glu itself raise JAX's own error. Hessians work:
+    reverse-over-reverse, and jax.hessian (forward mode over the reverse pass, whose backward is
+    plain JAX)."""
     x, w, b = _inputs(lead=(2,), d=3, u=2)
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(lambda x: gk.glu(x, w, b), (x,), (x,))
     hess = jax.jit(jax.jacrev(jax.jacrev(lambda x: jnp.sum(gk.glu(x, w, b)))))(x)
     want = jax.jit(jax.jacrev(jax.jacrev(lambda x: jnp.sum(_unfused(x, w, b, "sigmoid")))))(x)
+    np.testing.assert_allclose(hess, want, rtol=1e-9, atol=1e-11)
+    hess = jax.hessian(lambda x: jnp.sum(gk.glu(x, w, b)))(x)
     np.testing.assert_allclose(hess, want, rtol=1e-9, atol=1e-11)
