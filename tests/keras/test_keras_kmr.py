@@ -66,7 +66,9 @@ def test_sequential_kmr_file_gives_kmr_outputs(kmr_outputs):
 
 def test_model_built_in_code_loads_kmr_weights(kmr_outputs):
     """The migration that changes only the import: the same architecture built with our layer,
-    then ``load_weights`` of KMR's file (whose GLU stores keep KMR's two Dense sublayers)."""
+    then ``load_weights`` of KMR's file (whose GLU stores keep KMR's two Dense sublayers). The
+    architecture is fixtures/make_kmr_fixtures.py's sequential_model (which imports KMR's layer,
+    hence not shared)."""
     model = keras.Sequential(
         [
             keras.Input((12,)),
