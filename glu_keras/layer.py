@@ -144,9 +144,8 @@ class GatedLinearUnit(keras.layers.Layer):
 
     def call(self, inputs: Any) -> Any:
         dtype = self.compute_dtype
-        x = ops.convert_to_tensor(
-            inputs, sparse=False
-        )  # sparse inputs densified, as Dense takes them
+        # sparse inputs are densified, as Dense takes them
+        x = ops.convert_to_tensor(inputs, sparse=False)
         if keras.backend.standardize_dtype(x.dtype) != dtype:  # e.g. integer inputs, as Dense takes
             x = ops.cast(x, dtype)
         kernel = self._native(self.kernel, dtype)
