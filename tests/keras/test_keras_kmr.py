@@ -89,7 +89,7 @@ def test_own_weights_file_missing_the_layer_still_fails(tmp_path):
     plain = keras.Sequential([keras.Input((12,)), keras.layers.Dense(4)])
     plain.save_weights(tmp_path / "plain.weights.h5")
     model = keras.Sequential([keras.Input((12,)), GatedLinearUnit(units=2)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="could not be loaded"):
         model.load_weights(tmp_path / "plain.weights.h5")
 
 
