@@ -53,14 +53,21 @@ def test_torch_float32_scratch_is_one_reused_arena():
 
     from glu_kernels.backends import torch as torch_backend
 
-    small = torch.full((2, 4), 1.5, dtype=torch.bfloat16)
-    big = torch.arange(8 * 16, dtype=torch.float32).reshape(8, 16).to(torch.bfloat16)
+    rows = torch_backend._ARENA_MIN_ELEMENTS // 256  # at the threshold: the arena is used
+    small = torch.full((rows, 256), 1.5, dtype=torch.bfloat16)
+    big = torch.arange(2 * rows * 256, dtype=torch.float32).reshape(2 * rows, 256).bfloat16()
     torch_backend._float32_scratch(small)
-    widened, empty = torch_backend._float32_scratch(big, empty=(torch.Size((8, 16)),))
-    assert widened.dtype == torch.float32 and empty.shape == (8, 16)
+    widened, empty = torch_backend._float32_scratch(big, empty=(torch.Size((2 * rows, 256)),))
+    assert widened.dtype == torch.float32 and empty.shape == (2 * rows, 256)
     torch.testing.assert_close(widened, big.float(), rtol=0, atol=0)
     again = torch_backend._float32_scratch(small)[0]
     assert again.data_ptr() == widened.data_ptr(), "the arena must be reused, not reallocated"
+    torch.testing.assert_close(again, small.float(), rtol=0, atol=0)
+    # below the threshold, a plain float32 copy: the arena is left alone
+    tiny = torch.full((2, 4), -2.5, dtype=torch.bfloat16)
+    copy = torch_backend._float32_scratch(tiny)[0]
+    assert copy.data_ptr() != widened.data_ptr()
+    torch.testing.assert_close(copy, tiny.float(), rtol=0, atol=0)
     torch.testing.assert_close(again, small.float(), rtol=0, atol=0)
 
 
@@ -73,8 +80,8 @@ def test_torch_float32_scratch_made_under_inference_mode_serves_training():
     from glu_kernels.backends import torch as torch_backend
 
     torch_backend._SCRATCH.__dict__.pop("arena", None)  # the next widening makes a new arena
-    x = torch.randn(64, 8).to(torch.bfloat16)
-    w = (torch.randn(8, 16) / 3).to(torch.bfloat16)
+    x = torch.randn(256, 8).to(torch.bfloat16)  # h: 256 x 256, enough to use the arena
+    w = (torch.randn(8, 256) / 3).to(torch.bfloat16)
     with torch.inference_mode():
         expected = gk.glu(x, w, activation="silu")
     xr = x.clone().requires_grad_()
