@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from glu_kernels._activations import ACTIVATIONS, ALIASES, Activation
 
@@ -43,6 +44,13 @@ class GluSpec:
     save: str
     dtype: str
     compute_dtype: str
+
+
+@cache
+def numpy_dtype_name(dtype) -> str:
+    """The name of a NumPy dtype (JAX's dtypes are NumPy's), cached: NumPy builds the string anew
+    on every access (~1.6 us, three times a call)."""
+    return dtype.name
 
 
 def _shape(shape: Sequence[int | None]) -> str:

@@ -60,7 +60,7 @@ def _act_and_slope(name: str, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _packed(w, b) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(w, dtype=np.float64)
-    w2 = w.reshape(w.shape[0], -1)
+    w2 = w.reshape(w.shape[0], math.prod(w.shape[1:]))  # not -1: D may be 0
     b2 = np.zeros(w2.shape[1]) if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
     return w2, b2
 
@@ -91,7 +91,8 @@ def glu_reference_vjp(x, w, b, dy, activation: str = "sigmoid"):
     f, slope = _act_and_slope(name, g)
     dy = np.asarray(dy, dtype=np.float64)
     dh = np.concatenate([dy * f, dy * a * slope], axis=-1)
-    x2, dh2 = x.reshape(-1, x.shape[-1]), dh.reshape(-1, dh.shape[-1])
+    rows = math.prod(x.shape[:-1])
+    x2, dh2 = x.reshape(rows, x.shape[-1]), dh.reshape(rows, dh.shape[-1])
     dx = dh @ w2.T
     dw = (x2.T @ dh2).reshape(np.shape(w))
     db = None if b is None else dh2.sum(axis=0).reshape(np.shape(b))

@@ -420,6 +420,27 @@ def test_torch_autocast_op_called_directly():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "mps", "xpu"])
+def test_torch_autocast_is_seen_on_every_device_type(device):
+    """glu notices autocast on the device of x, also where torch._C._is_any_autocast_enabled()
+    does not look (MPS). No such device here: a stand-in with the attributes the check reads, and
+    the autocast state that torch.autocast(device, float16) sets."""
+    from types import SimpleNamespace
+
+    from glu_kernels.backends import torch as torch_backend
+
+    on = SimpleNamespace(is_cpu=device == "cpu", is_cuda=False, device=torch.device(device))
+    enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    assert torch_backend._autocast_dtype(on) is None
+    torch.set_autocast_enabled(device, True)
+    torch.set_autocast_dtype(device, torch.float16)
+    try:
+        assert torch_backend._autocast_dtype(on) == torch.float16
+    finally:
+        torch.set_autocast_enabled(device, enabled)
+        torch.set_autocast_dtype(device, dtype)
+
+
 def test_torch_autocast_keeps_float64_and_mixed_dtype_errors():
     x, w, b = (t.detach() for t in _inputs())
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -65,6 +65,22 @@ def test_empty_batch_gradients(backend, save, lead):
     assert db.shape == b.shape and (db == 0).all()
 
 
+@pytest.mark.parametrize("lead", [(3,), (2, 3), ()], ids=lambda s: "lead" + "x".join(map(str, s)))
+@pytest.mark.parametrize("backend", ba.backend_params(ba.BACKENDS))
+def test_zero_features(backend, lead):
+    """D = 0: h is the bias alone (and x @ w an exact zero); nothing to reshape by -1."""
+    x, w, b, dy = _inputs(lead, d=0, weight_3d=len(lead) == 2, dtype="float32")
+    out = ba.to_numpy64(ba.forward(backend, x, w, b, "float32", activation="silu"))
+    a, g = np.split(np.broadcast_to(b.astype(np.float64), (*lead, 8)), 2, axis=-1)
+    expected = a * g / (1 + np.exp(-g))
+    assert_close(out, expected, output_scale(x, w, b, "silu"), "float32")
+    if backend in ba.GRAD_BACKENDS:
+        _, dx, dw, db = ba.gradients(backend, x, w, b, dy, "float32", activation="silu")
+        assert dx.shape == x.shape and dw.shape == w.shape
+        ref_db = glu_reference_vjp(x, w, b, dy, "silu")[2]
+        assert_close(db, ref_db, gradient_scales(x, w, b, dy, "silu", "float32")[2], "float32")
+
+
 # --- torch: non-contiguous and transposed inputs --------------------------------------------------
 
 

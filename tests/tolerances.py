@@ -42,6 +42,8 @@ figures are written beside each entry.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Unit roundoffs, for reference: f64 1.1e-16, f32 6.0e-8, f16 4.9e-4, bf16 3.9e-3.
@@ -103,7 +105,7 @@ LIPSCHITZ: dict[str, tuple[float, float]] = {
 def _halves(x, w, b):
     """Float64 ``a, g, S_a, S_g`` for the rounded inputs (numpy arrays or None)."""
     x = np.asarray(x, dtype=np.float64)
-    w2 = np.asarray(w, dtype=np.float64).reshape(np.shape(w)[0], -1)
+    w2 = np.asarray(w, dtype=np.float64).reshape(np.shape(w)[0], math.prod(np.shape(w)[1:]))
     b2 = np.zeros(w2.shape[1]) if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
     h = x @ w2 + b2
     s = np.abs(x) @ np.abs(w2) + np.abs(b2)
@@ -140,8 +142,9 @@ def gradient_scales(x, w, b, dy, activation: str, dtype: str):
         near_kink = (np.abs(g) <= 4 * RTOL[dtype] * sg) & (sg > 0)  # g exact when sg == 0
         dh_g = dh_g + np.where(near_kink, dy * np.abs(a) / RTOL[dtype], 0.0)
     dh = np.concatenate([dh_a, dh_g], axis=-1)
-    w2 = np.abs(np.asarray(w, dtype=np.float64)).reshape(np.shape(w)[0], -1)
-    x2, dh2 = np.abs(x).reshape(-1, x.shape[-1]), dh.reshape(-1, dh.shape[-1])
+    w2 = np.abs(np.asarray(w, dtype=np.float64)).reshape(np.shape(w)[0], math.prod(np.shape(w)[1:]))
+    rows = math.prod(x.shape[:-1])  # not -1 in these reshapes: D may be 0
+    x2, dh2 = np.abs(x).reshape(rows, x.shape[-1]), dh.reshape(rows, dh.shape[-1])
     dx = dh @ w2.T
     dw = (x2.T @ dh2).reshape(np.shape(w))
     db = None if b is None else dh2.sum(axis=0).reshape(np.shape(b))

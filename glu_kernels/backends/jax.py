@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from glu_kernels._activations import ACTIVATIONS, epilogue_backward
-from glu_kernels._validate import GluSpec
+from glu_kernels._validate import GluSpec, numpy_dtype_name
 
 NAME = "jax"
 
@@ -23,7 +23,7 @@ def shape(t: jax.Array) -> tuple[int, ...]:
 
 
 def dtype_name(t: jax.Array) -> str:
-    return jnp.dtype(t.dtype).name
+    return numpy_dtype_name(t.dtype)
 
 
 class _Primitives:

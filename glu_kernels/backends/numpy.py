@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from glu_kernels._activations import ACTIVATIONS
-from glu_kernels._validate import GluSpec
+from glu_kernels._validate import GluSpec, numpy_dtype_name
 
 NAME = "numpy"
 
@@ -22,7 +22,7 @@ def shape(t: np.ndarray) -> tuple[int, ...]:
 
 
 def dtype_name(t: np.ndarray) -> str:
-    return np.asarray(t).dtype.name
+    return numpy_dtype_name(np.asarray(t).dtype)
 
 
 class _Primitives:
@@ -56,9 +56,8 @@ def glu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: GluSpec) -> np
     x, w = np.asarray(x), np.asarray(w)
     compute = np.dtype(spec.compute_dtype)
     d, u = spec.features, spec.units
-    h = x.reshape(-1, d).astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(
-        compute, copy=False
-    )
+    x2 = x.reshape(math.prod(x.shape[:-1]), d)  # not -1: D may be 0
+    h = x2.astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(compute, copy=False)
     if b is not None:
         h += np.asarray(b).reshape(2 * u).astype(compute, copy=False)
     h = h.astype(x.dtype, copy=False).astype(

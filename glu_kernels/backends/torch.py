@@ -37,7 +37,8 @@ def shape(t: Tensor) -> torch.Size:
 
 def _autocast_dtype(t: Tensor) -> torch.dtype | None:
     """The dtype autocast gives matmuls on t's device, or None where autocast is off."""
-    if not torch._C._is_any_autocast_enabled():  # one C call for the common case (~0.07 us)
+    if (t.is_cpu or t.is_cuda) and not torch._C._is_any_autocast_enabled():
+        # one C call for the common case (~0.07 us); it misses some device types' autocast (MPS's)
         return None
     device = "cpu" if t.is_cpu else t.device.type
     try:
@@ -416,7 +417,7 @@ def _glu_op_vmap(info, in_dims, x, w, b, activation, save):
     size = info.batch_size
     if w_dim is None and b_dim is None:
         xs = x.movedim(x_dim, 0)
-        out, h = glu_op(xs.reshape(-1, xs.shape[-1]), w, b, activation, save)
+        out, h = glu_op(xs.flatten(0, 1), w, b, activation, save)
         return (out.reshape(size, -1, out.shape[-1]), h.reshape(size, -1, h.shape[-1])), (0, 0)
     outs = [
         glu_op(
@@ -450,7 +451,7 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return glu(x, w, b, spec)
     # Reshape only what is not 2-D already: at small sizes each reshape costs a fifth of the GEMM.
-    x2 = x if x.dim() == 2 else x.reshape(-1, spec.features)
+    x2 = x if x.dim() == 2 else x.reshape(x.shape[:-1].numel(), spec.features)  # D may be 0
     w2 = w if spec.weight_rank == 2 else w.reshape(spec.features, 2 * spec.units)
     b2 = b if b is None or b.dim() == 1 else b.reshape(2 * spec.units)
     name = spec.activation.name
