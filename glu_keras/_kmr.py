@@ -64,6 +64,17 @@ class KMRSublayerView(KerasSaveable):
         saving walk follows attributes and must not walk back into the layer."""
         return self._layer_ref()
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for what the view lacks, such as the kernel and bias KMR's Dense had.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        half = self.__dict__.get("_half", 0)
+        raise AttributeError(
+            f"GatedLinearUnit.{_HALF_NAMES[half]} is not a Dense layer (only where KMR files keep "
+            f"that half): the fused layer holds its weights as layer.kernel[:, {half}] and "
+            f"layer.bias[{half}]. Received: .{_HALF_NAMES[half]}.{name}"
+        )
+
     def _obj_type(self) -> str:
         # Keras' saving walk asks for one of its known kinds to pick which attributes to skip; this
         # view has no Keras attributes at all, and the "Loss" skip set is the smallest harmless one.
@@ -108,6 +119,10 @@ def holds_kmr_halves(store: Any) -> bool:
     h5_file, path = getattr(store, "h5_file", None), getattr(store, "_h5_entry_path", None)
     if h5_file is None or not isinstance(path, str) or not path:
         return False
+    if hasattr(store, "sharding_config"):
+        # A sharded weights file (save_weights(..., max_shard_size=...)): h5_file is the shard
+        # open now, and the halves may sit in others; the store's weight map knows them all.
+        return all(store.has_path(f"{path}/{half}/vars") for half in _HALF_NAMES)
     try:
         return all(f"{path}/{half}/vars" in h5_file for half in _HALF_NAMES)
     except (TypeError, ValueError, KeyError):

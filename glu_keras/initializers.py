@@ -24,8 +24,9 @@ class PerHalf(keras.initializers.Initializer):
     Used by :class:`glu_keras.GatedLinearUnit` for its (D, 2, U) kernel and (2, U) bias, so that a
     ``kernel_initializer`` such as ``"glorot_uniform"`` or ``"he_normal"`` gives each half the
     statistics of a ``Dense(U)`` kernel of shape (D, U). The two halves never share values: an
-    initializer with a fixed integer seed is cloned with ``seed + 1`` for the gate half (Keras'
-    seeded initializers return the same values on every call).
+    initializer with a fixed integer seed is cloned with another seed for the gate half (Keras'
+    seeded initializers return the same values on every call), one far from the seed so that
+    layers seeded 0, 1, 2, ... share no half.
 
     Args:
         initializer: the initializer applied to each half: a name, a config dict, an
@@ -62,13 +63,19 @@ class PerHalf(keras.initializers.Initializer):
         return cls(keras.initializers.deserialize(config["initializer"]))
 
 
+# The gate half's seed: the value half's plus this (2^31 / golden ratio), modulo 2^31. Not + 1, or a
+# layer seeded s would get the value half of one seeded s + 1 as its gate.
+_GATE_SEED_OFFSET = 0x4F1BBCDD
+
+
 def _reseeded(initializer: Any) -> Any:
-    """The same initializer with its integer seed moved on by one, so the two halves differ."""
+    """The same initializer with another integer seed (see above), so the two halves differ."""
     seed = getattr(initializer, "seed", None)
     if isinstance(seed, int) and not isinstance(seed, bool) and hasattr(initializer, "get_config"):
         config = initializer.get_config()
         if "seed" in config:
-            return type(initializer).from_config({**config, "seed": seed + 1})
+            gate_seed = (seed + _GATE_SEED_OFFSET) % 2**31
+            return type(initializer).from_config({**config, "seed": gate_seed})
     return initializer  # unseeded callables and SeedGenerator-seeded initializers differ per call
 
 

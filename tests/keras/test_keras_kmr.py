@@ -64,24 +64,68 @@ def test_sequential_kmr_file_gives_kmr_outputs(kmr_outputs):
     np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
 
 
-def test_model_built_in_code_loads_kmr_weights(kmr_outputs):
-    """The migration that changes only the import: the same architecture built with our layer,
-    then ``load_weights`` of KMR's file (whose GLU stores keep KMR's two Dense sublayers). The
-    architecture is fixtures/make_kmr_fixtures.py's sequential_model (which imports KMR's layer,
-    hence not shared)."""
-    model = keras.Sequential(
+class _KMRLayout(keras.layers.Layer):
+    """KMR's GatedLinearUnit as DESIGN.md describes it (two Dense sublayers, ``linear`` and
+    ``sigmoid``): what writes KMR's weights in a layout of our choosing (sharded, below)."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.linear = keras.layers.Dense(units)
+        self.sigmoid = keras.layers.Dense(units, activation="sigmoid")
+
+    def call(self, inputs):
+        return self.linear(inputs) * self.sigmoid(inputs)
+
+
+# Keras finds a layer's weights in a file under its class name, snake-cased: KMR's is this one.
+_KMRLayout.__name__ = _KMRLayout.__qualname__ = "GatedLinearUnit"
+
+
+def _sequential_model(glu) -> keras.Model:
+    """fixtures/make_kmr_fixtures.py's sequential_model, with ``glu`` as the GLU layer (that
+    script imports KMR's layer, hence not shared)."""
+    return keras.Sequential(
         [
             keras.Input((12,)),
             keras.layers.Dense(32, activation="relu"),
-            GatedLinearUnit(units=16),
+            glu(units=16),
             keras.layers.Dense(8, activation="relu"),
-            GatedLinearUnit(units=4),
+            glu(units=4),
             keras.layers.Dense(1, activation="sigmoid"),
         ]
     )
+
+
+def test_model_built_in_code_loads_kmr_weights(kmr_outputs):
+    """The migration that changes only the import: the same architecture built with our layer,
+    then ``load_weights`` of KMR's file (whose GLU stores keep KMR's two Dense sublayers)."""
+    model = _sequential_model(GatedLinearUnit)
     model.load_weights(FIXTURES / "kmr_sequential.keras")
     y = to_numpy(model(kmr_outputs["sequential_x"]))
     np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
+
+
+def test_model_built_in_code_loads_sharded_kmr_weights(tmp_path, kmr_outputs):
+    """KMR's weights saved in shards (``save_weights(..., max_shard_size=...)``): a GLU's two Dense
+    halves sit in other shards than its own empty entry, yet load."""
+    kmr = _sequential_model(_KMRLayout)
+    kmr.load_weights(FIXTURES / "kmr_sequential.keras")
+    kmr.save_weights(tmp_path / "kmr.weights.json", max_shard_size=2e-6)  # ~2 KB per shard
+    assert len(list(tmp_path.glob("*.h5"))) > 2
+    model = _sequential_model(GatedLinearUnit)
+    model.load_weights(tmp_path / "kmr.weights.json")
+    y = to_numpy(model(kmr_outputs["sequential_x"]))
+    np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("half, name", [(0, "linear"), (1, "sigmoid")])
+def test_kmr_sublayer_attributes_point_to_the_fused_weights(half, name):
+    """KMR code reading ``layer.linear.kernel`` learns where that half lives now."""
+    layer = GatedLinearUnit(units=3)
+    layer.build((None, 5))
+    for attribute in ("kernel", "bias", "get_weights"):
+        with pytest.raises(AttributeError, match=rf"layer\.kernel\[:, {half}\].*\.{name}\."):
+            getattr(getattr(layer, name), attribute)
 
 
 def test_own_weights_file_missing_the_layer_still_fails(tmp_path):

@@ -96,6 +96,18 @@ def test_per_half_seeded_initializer_is_reproducible_and_halves_differ():
     np.testing.assert_array_equal(a[:, 0], to_numpy(init((10, 6))))
 
 
+def test_per_half_seeded_layers_share_no_half():
+    """Layers seeded 0, 1, 2, ... (a common loop) get independent halves, as Dense layers do."""
+    halves = [
+        to_numpy(PerHalf(keras.initializers.GlorotUniform(seed=s))((10, 2, 6)))[:, k]
+        for s in range(4)
+        for k in range(2)
+    ]
+    for i, first in enumerate(halves):
+        for second in halves[i + 1 :]:
+            assert not np.allclose(first, second)
+
+
 def test_per_half_rejects_unpacked_shapes():
     with pytest.raises(ValueError, match=r"\(\.\.\., 2, U\)\. Received: shape=\(10, 6\)"):
         PerHalf()((10, 6))
