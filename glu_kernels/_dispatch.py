@@ -41,20 +41,16 @@ def backend_name_of_type(t: type) -> str | None:
     return None
 
 
-_torch_backend: ModuleType | None = None  # set on first use: an import statement costs ~0.2 us
-
-
 def backend(name: str) -> ModuleType:
     """The backend module ``glu_kernels.backends.<name>``, imported on first use."""
     if name == "torch":
-        global _torch_backend
-        if _torch_backend is None:
-            # A static import: torch.compile(fullgraph=True) traces this function, and Dynamo can
-            # run an import statement but not importlib.import_module (a graph break).
-            from glu_kernels.backends import torch as module
+        # A static import: torch.compile(fullgraph=True) traces this function, and Dynamo can run an
+        # import statement but not importlib.import_module (a graph break), even on the first call.
+        # (Not a module global set on first use: a traced call would guard on it being unset, and
+        # recompile once it is.)
+        from glu_kernels.backends import torch as module
 
-            _torch_backend = module
-        return _torch_backend
+        return module
     return _imported_backend(name)
 
 

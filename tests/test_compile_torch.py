@@ -23,6 +23,8 @@ What is checked, and why this way:
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -185,6 +187,25 @@ def test_torch_compile_varying_batch_size_needs_no_recompile_per_size():
         torch.testing.assert_close(out_c, out_e, rtol=0, atol=0)
         torch.testing.assert_close(dx_c, dx_e, rtol=0, atol=0)
     assert capture.frames == 2
+
+
+def test_torch_compile_first_call_of_the_process_compiles_once():
+    """glu traced before any eager call (a fresh process): two identical calls, one graph. Nothing
+    the first trace sees may change after it (a lazily set module global did: one recompile)."""
+    script = (
+        "import torch, glu_kernels as gk\n"
+        "from torch._dynamo.testing import CompileCounter\n"
+        "w, b, x = torch.randn(16, 16), torch.randn(16), torch.randn(4, 16)\n"
+        "counter = CompileCounter()\n"
+        "compiled = torch.compile(lambda x: gk.glu(x, w, b), fullgraph=True, backend=counter)\n"
+        "compiled(x)\n"
+        "compiled(x)\n"
+        "print(counter.frame_count)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert run.stdout.split()[-1] == "1", run.stdout + run.stderr
 
 
 def test_torch_compile_dynamic_true():
