@@ -82,7 +82,7 @@ def plan(mode: str, backends: tuple[str, ...] | None = None) -> Plan:
         DTYPES,
         backends,
         1.2,
-        3,
+        5,  # at least 5 samples: the quartiles are then samples 2 and 4, not interpolated extremes
         40,
         True,
         ("tabular",),

@@ -29,8 +29,9 @@ class Stats:
 
 
 def _quantiles(xs: list[float]) -> tuple[float, float, float]:
-    if len(xs) < 4:
-        return min(xs), statistics.median(xs), max(xs)
+    """Quartiles (inclusive method: interpolated between samples, never the extremes for n >= 3)."""
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
     q = statistics.quantiles(xs, n=4, method="inclusive")
     return q[0], q[1], q[2]
 

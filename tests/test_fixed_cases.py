@@ -228,7 +228,8 @@ def test_numpy_gelu_without_scipy_is_the_same(monkeypatch, dtype):
     """The NumPy backend's erfc is SciPy's where installed, math.erfc per element otherwise: the
     same values, over GeGLU's erfc(-g / sqrt 2) for |g| <= 10 (erfc >= 1.5e-23). float32: both are
     float64 math rounded once, so equal to an ulp. float64: SciPy's erfc is up to ~40 ulps from
-    libm's in that tail (measured on 2e5 points: 21 ulps for arguments in [0, 5), 37 in [5, 7.1])."""
+    libm's in that tail (measured on 2e5 points: 21 ulps for arguments in [0, 5), 37 in
+    [5, 7.1])."""
     pytest.importorskip("scipy")
     from glu_kernels.backends import numpy as numpy_backend
 
