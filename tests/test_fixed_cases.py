@@ -227,9 +227,9 @@ def test_nan_and_inf_propagate_like_the_unfused_formula(backend, dtype, activati
 def test_numpy_gelu_without_scipy_is_the_same(monkeypatch, dtype):
     """The NumPy backend's erfc is SciPy's where installed, math.erfc per element otherwise: the
     same values, over GeGLU's erfc(-g / sqrt 2) for |g| <= 10 (erfc >= 1.5e-23). float32: both are
-    float64 math rounded once, so equal to an ulp. float64: SciPy's erfc is up to ~40 ulps from
+    float64 math rounded once, so equal to an ulp. float64: SciPy's erfc is up to 37 ulps from
     libm's in that tail (measured on 2e5 points: 21 ulps for arguments in [0, 5), 37 in
-    [5, 7.1])."""
+    [5, 7.1]); the bound, 64 ulps, leaves room for other platforms' libm."""
     pytest.importorskip("scipy")
     from glu_kernels.backends import numpy as numpy_backend
 
