@@ -180,3 +180,24 @@ def test_jax_forward_mode_is_not_supported():
     np.testing.assert_allclose(hess, want, rtol=1e-9, atol=1e-11)
     hess = jax.hessian(lambda x: jnp.sum(gk.glu(x, w, b)))(x)
     np.testing.assert_allclose(hess, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_jax_export_symbolic_batch_serialized_with_its_vjp(activation):
+    """jax.export: one program for every leading size, serialized with its VJP and run from the
+    bytes (what a model shipped to a JAX serving stack or to TF through jax2tf does)."""
+    from jax import export
+
+    _, w, b = _inputs()
+    rows, seq = export.symbolic_shape("rows, seq")
+    fn = jax.jit(lambda x, w, b: gk.glu(x, w, b, activation=activation))
+    spec = jax.ShapeDtypeStruct((rows, seq, w.shape[0]), w.dtype)
+    program = export.deserialize(export.export(fn)(spec, w, b).serialize(vjp_order=1))
+    for lead in [(3, 5), (7, 2)]:
+        x, _, _ = _inputs(lead=lead, seed=sum(lead))
+        np.testing.assert_allclose(program.call(x, w, b), glu_reference(x, w, b, activation), **F64)
+        dy = jnp.asarray(np.random.default_rng(2).standard_normal((*lead, w.shape[-1])))
+        loss = lambda x, w, b, dy=dy: jnp.sum(program.call(x, w, b) * dy)  # noqa: E731
+        grads = jax.grad(loss, (0, 1, 2))(x, w, b)
+        for got, want in zip(grads, glu_reference_vjp(x, w, b, dy, activation), strict=True):
+            np.testing.assert_allclose(got, want, **F64)

@@ -4,7 +4,9 @@ Inference (no input requires grad) calls the kernels directly. Eager training go
 ``autograd.Function``; ``torch.compile`` and ``torch.func`` get the same forward and backward as the
 custom op ``glu_kernels::glu``, registered with ``torch.library`` (fake kernel for meta/fake tensors
 and the compiler, autograd formula, vmap rule). The backward recomputes ``act(g)`` from the saved
-pre-activation ``h`` (or from x and w, with ``save="input"``).
+pre-activation ``h`` (or from x and w, with ``save="input"``). While ``torch.jit.trace`` or
+``torch.export`` (and so the ONNX exporters) record, glu is plain whole-tensor ATen calls: a
+portable recording, differentiated by autograd.
 
 On the CPU the elementwise passes run on row blocks that stay in cache; on a GPU on whole tensors.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +34,24 @@ _DTYPE_NAMES = {
 }
 
 
-def shape(t: Tensor) -> torch.Size:
-    return t.shape  # a tuple (subclass): hashes and compares as one
+# torch.compiler.is_exporting is newer than the oldest torch glu supports (2.4); on a torch
+# without it, exports record the paths of eager glu, as they did before glu asked
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
+def shape(t: Tensor) -> tuple[int, ...]:
+    if torch.jit.is_tracing():
+        return _traced_shape(t)
+    return t.shape  # a torch.Size, a tuple (subclass): hashes and compares as one
+
+
+def _traced_shape(t: Tensor) -> tuple[int, ...]:
+    """The sizes as numbers under ``torch.jit.trace``, where ``t.shape`` holds traced 0-d tensors
+    (each comparison in validation warned that it bakes a constant). Validation only needs the
+    weight's sizes, D and U, which are constants; glu keeps x's leading sizes traced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(size) for size in t.shape)
 
 
 def _autocast_dtype(t: Tensor) -> torch.dtype | None:
@@ -330,6 +349,20 @@ def _weight_gradient(x: Tensor, dh: Tensor) -> Tensor:
     return _transposed_copy(x) @ dh if _contiguous_xt(x, dh) else x.mT @ dh
 
 
+def _recordable_forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str) -> Tensor:
+    """The op as whole-tensor ATen calls, for recorders of ATen calls (``torch.jit.trace``,
+    ``torch.export``, ONNX): no autograd.Function (the TorchScript ONNX exporter took its second
+    output, h), no custom op (unknown to ONNX and to a program loaded without glu_kernels) and no
+    writes through ``out=`` views (lost in ONNX, which returned the uninitialised buffer). Same bits
+    as ``_epilogue``; gradients come from autograd of these calls. ``linear``, not ``addmm``:
+    TorchScript's executor rewrites a traced addmm as mm + add, rounding a 16-bit h twice."""
+    h = F.linear(x, w.t(), b)  # = addmm(b, x, w); w.t(), not w.mT: ONNX has no aten::mT
+    if activation == "sigmoid":
+        return F.glu(h, dim=-1)
+    a, g = (h.float() if _is_half(h) else h).chunk(2, dim=-1)
+    return (a * (_activate(g, activation) if activation != "linear" else g)).to(h.dtype)
+
+
 def _forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str) -> tuple[Tensor, Tensor]:
     h = _preactivation(x, w, b)
     return _epilogue(h, activation), h
@@ -442,6 +475,14 @@ def _autocast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return t.to(dtype)
 
 
+def _flatten_leading(x: Tensor, features: int) -> Tensor:
+    """``x`` as (rows, D). By -1, not by the product of the leading sizes: ``torch.jit.trace``
+    records that product as a constant and ``torch.export(strict=False)`` specialises the sizes in
+    it to the example's (programs and ONNX models for one batch size only). -1 is ambiguous when D
+    is 0: such calls keep the product, and their recordings one batch size."""
+    return x.reshape(-1, features) if features else x.reshape(x.shape[:-1].numel(), 0)
+
+
 def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
     autocast = _autocast_dtype(x)
     if autocast is not None:
@@ -451,14 +492,16 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return glu(x, w, b, spec)
     # Reshape only what is not 2-D already: at small sizes each reshape costs a fifth of the GEMM.
-    x2 = x if x.dim() == 2 else x.reshape(x.shape[:-1].numel(), spec.features)  # D may be 0
+    x2 = x if x.dim() == 2 else _flatten_leading(x, spec.features)
     w2 = w if spec.weight_rank == 2 else w.reshape(spec.features, 2 * spec.units)
     b2 = b if b is None or b.dim() == 1 else b.reshape(2 * spec.units)
     name = spec.activation.name
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
     )
-    if torch._C._are_functorch_transforms_active() or (
+    if torch.jit.is_tracing() or _is_exporting():
+        out = _recordable_forward(x2, w2, b2, name)
+    elif torch._C._are_functorch_transforms_active() or (
         needs_grad and torch.compiler.is_compiling()
     ):
         out = glu_op(x2, w2, b2, name, spec.save)[0]  # the op's fake, vmap and autograd rules
@@ -478,5 +521,6 @@ def implementation(spec: GluSpec) -> str:
     return (
         f"torch.addmm on the packed (D, 2U) weight, then {epilogue}; "
         "when a gradient is needed, an autograd.Function with the recompute backward "
-        "(the custom op glu_kernels::glu under torch.compile and torch.func)"
+        "(the custom op glu_kernels::glu under torch.compile and torch.func); "
+        "recorded by torch.jit.trace or torch.export: plain ATen calls, autograd's gradient"
     )
