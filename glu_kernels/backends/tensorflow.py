@@ -95,24 +95,19 @@ def _grad_preactivation(dy, h, b, activation: Activation, dtype: str, compute_dt
     return tf.cast(dh, dtype), db
 
 
-# Calls whose h has at least this many elements run the elementwise passes (bias and epilogue;
-# backward pass and db) as one XLA-compiled function each: one pass over memory instead of ~6 ops,
-# ~2x faster (measured on 2048x2048: 6.8 -> 3.5 ms in float32, 10.6 -> 4.4 ms in bfloat16), and in
-# a Keras training step without jit_compile the difference between trailing and beating two Dense
-# layers. Each new shape costs one XLA compile (~50 ms) and each eager call ~70 us more than eager
-# ops: hence the threshold. Under an enclosing jit_compile=True the functions are simply inlined.
+# Calls whose h has at least this many elements (or an unknown number, in a tf.function traced for
+# any batch size) run the elementwise passes (bias and epilogue; backward pass and db) as one
+# XLA-compiled function each: one pass over memory instead of ~6 ops, ~2x faster (measured on
+# 2048x2048: 6.8 -> 3.5 ms in float32, 10.6 -> 4.4 ms in bfloat16), and in a Keras training step
+# without jit_compile the difference between trailing and beating two Dense layers. Each new shape
+# costs one XLA compile (~50 ms) and each eager call ~70 us more than eager ops: hence the
+# threshold. Under an enclosing jit_compile=True the functions are simply inlined.
 _XLA_MIN_ELEMENTS = 1 << 17
 
 
-def _by_size(h, xla, ops):
-    """``xla()`` for an h of at least ``_XLA_MIN_ELEMENTS`` elements, else ``ops()``: decided when
-    tracing where h's size is known, else when running (a tf.function traced for any batch size,
-    e.g. a serving signature: small batches then compile nothing, where XLA compiled ~45 ms for
-    every new batch size)."""
+def _use_xla(h) -> bool:
     n = h.shape.num_elements()
-    if n is not None:
-        return xla() if n >= _XLA_MIN_ELEMENTS else ops()
-    return tf.cond(tf.size(h, out_type=tf.int64) >= _XLA_MIN_ELEMENTS, xla, ops)
+    return n is None or n >= _XLA_MIN_ELEMENTS
 
 
 @cache
@@ -139,12 +134,9 @@ def _forward2(x2, w2, b2, spec: GluSpec):
     """``(out, h)`` for 2-D x2 (B, D) and w2 (D, 2U), h = x2 @ w2 without the bias (see _halves)."""
     act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
     h = tf.linalg.matmul(x2, w2)
-    out = _by_size(
-        h,
-        lambda: _xla_epilogue(act, dtype, compute_dtype)(h, b2),
-        lambda: _epilogue(h, b2, act, dtype, compute_dtype),
-    )
-    return out, h
+    if _use_xla(h):
+        return _xla_epilogue(act, dtype, compute_dtype)(h, b2), h
+    return _epilogue(h, b2, act, dtype, compute_dtype), h
 
 
 @lru_cache(maxsize=1024)
@@ -162,11 +154,10 @@ def _glu2_with_gradient(spec: GluSpec):
 
         def grad(dy):
             h = kept if kept is not None else tf.linalg.matmul(x2, w2)
-            dh, db = _by_size(
-                h,
-                lambda: _xla_grad_preactivation(act, dtype, compute_dtype)(dy, h, b2),
-                lambda: _grad_preactivation(dy, h, b2, act, dtype, compute_dtype),
-            )
+            if _use_xla(h):
+                dh, db = _xla_grad_preactivation(act, dtype, compute_dtype)(dy, h, b2)
+            else:
+                dh, db = _grad_preactivation(dy, h, b2, act, dtype, compute_dtype)
             grads = [
                 tf.linalg.matmul(dh, w2, transpose_b=True),
                 tf.linalg.matmul(x2, dh, transpose_a=True),
@@ -210,8 +201,7 @@ def implementation(spec: GluSpec) -> str:
     return (
         "tf.linalg.matmul on the packed (D, 2U) weight (bias added after it, in the compute "
         "dtype); bias, epilogue and the backward "
-        "elementwise pass as one XLA-compiled function each for calls of "
-        f">= {_XLA_MIN_ELEMENTS} elements in h (decided per call where a graph's batch size is "
-        "unknown), else as TensorFlow ops (fused by XLA under jit_compile=True); "
-        "tf.custom_gradient backward"
+        "elementwise pass as one XLA-compiled function each for eager calls of "
+        f">= {_XLA_MIN_ELEMENTS} elements in h, else as TensorFlow ops (fused by XLA under "
+        "jit_compile=True); tf.custom_gradient backward"
     )
