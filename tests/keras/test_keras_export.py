@@ -97,6 +97,10 @@ def test_keras_litert_export_runs_in_the_tflite_interpreter(tmp_path, rng):
     path = str(tmp_path / "model.tflite")
     model.export(path, format="litert", verbose=False)
     interpreter = tf.lite.Interpreter(model_path=path)
+    # builtin elementwise ops only: no control flow (an IF would keep two copies of the epilogue
+    # and break integer-only quantization), no Flex or custom ops (TensorFlow kernels at run time)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert not {op for op in ops if op in ("IF", "WHILE", "CUSTOM") or op.startswith("Flex")}, ops
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     for batch in [4, 7]:
         x = rng.normal(size=(batch, 3, 10)).astype("float32")
