@@ -40,18 +40,19 @@ _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def shape(t: Tensor) -> tuple[int, ...]:
-    if torch.jit.is_tracing():
-        return _traced_shape(t)
-    return t.shape  # a torch.Size, a tuple (subclass): hashes and compares as one
+    size = t.shape  # a torch.Size, a tuple (subclass): hashes and compares as one
+    if size and type(size[-1]) is Tensor:  # torch.jit.trace's sizes (cheaper than is_tracing())
+        return _traced_shape(size)
+    return size
 
 
-def _traced_shape(t: Tensor) -> tuple[int, ...]:
-    """The sizes as numbers under ``torch.jit.trace``, where ``t.shape`` holds traced 0-d tensors
-    (each comparison in validation warned that it bakes a constant). Validation only needs the
-    weight's sizes, D and U, which are constants; glu keeps x's leading sizes traced."""
+def _traced_shape(size: torch.Size) -> tuple[int, ...]:
+    """The sizes as numbers under ``torch.jit.trace``, where they are traced 0-d tensors (each
+    comparison in validation warned that it bakes a constant). Validation only needs the weight's
+    sizes, D and U, which are constants; glu keeps x's leading sizes traced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return tuple(int(size) for size in t.shape)
+        return tuple(int(d) for d in size)
 
 
 def _autocast_dtype(t: Tensor) -> torch.dtype | None:
