@@ -144,6 +144,19 @@ def section(result: dict, png: str) -> str:
                 for k, r in keras_rows
             ),
         ]
+    int8_rows = [(k, r) for k, r in keras_rows if "int8_predict" in r]
+    if int8_rows:
+        lines += [
+            "",
+            'Keras inference after `model.quantize("int8")`, `GatedLinearUnit` / KMR-style '
+            "(and / the fused layer in floating point): "
+            + ", ".join(
+                f"{k['backend']} {r['label']} {k.get('dtype_policy', '')}: "
+                f"{r['int8_predict']['ratio_glu_to_kmr']:.2f}x "
+                f"({r['int8_predict']['ratio_int8_to_float']:.2f}x)"
+                for k, r in int8_rows
+            ),
+        ]
     lines += ["", f"![each variant as % of its GEMM floor]({png})", "", end]
     return "\n".join(lines)
 

@@ -296,6 +296,27 @@ def print_tables(result: dict, console) -> None:
                     f"{r['ratio_glu_to_kmr']:.2f}x",
                 )
         console.print(table)
+    int8_rows = [(k, r) for k in result.get("keras", []) for r in k.get("results", [])]
+    int8_rows = [(k, r["int8_predict"], r["label"]) for k, r in int8_rows if "int8_predict" in r]
+    if int8_rows:
+        table = Table(
+            title='Keras inference (predict_on_batch) after model.quantize("int8")',
+            title_justify="left",
+        )
+        columns = ("glu_keras float", "glu_keras int8", "kmr_style int8")
+        for col in ("backend", "dtype policy", "shape", *(f"{c} ms" for c in columns)):
+            table.add_column(col)
+        table.add_column("int8: glu_keras / kmr_style")
+        for k, q, label in int8_rows:
+            cells = [q["stats"][c] for c in columns]
+            table.add_row(
+                k["backend"],
+                k.get("dtype_policy", "-"),
+                label,
+                *(f"{c['median'] * 1e3:.3g} ({c['iqr_pct']:.0f}%)" for c in cells),
+                f"{q['ratio_glu_to_kmr']:.2f}x",
+            )
+        console.print(table)
     rows = targets(result)
     if rows:
         table = Table(

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import constraints, dtype_policies, initializers, ops, quantizers, regularizers
 
 import glu_kernels
+from glu_keras import _int8
 from glu_keras._kmr import KMRSublayerView, holds_kmr_halves
 from glu_keras.initializers import PerHalf, per_half_constraint, per_half_regularizer
 from glu_kernels._validate import resolve_activation
@@ -37,6 +38,14 @@ class GatedLinearUnit(keras.layers.Layer):
     constructor, same ``units`` check, same output, but one kernel of shape (input_dim, 2, units)
     (index 0 = value W, 1 = gate V) and one bias of shape (2, units), created in ``build()``, and a
     call into :func:`glu_kernels.glu` (one matmul, fused epilogue, memory-lean custom gradient).
+
+    Quantization: ``model.quantize("int8")`` (or ``layer.quantize("int8")``) quantizes the layer
+    as Keras quantizes ``Dense``, and so as it quantizes KMR's two sublayers, to the same int8
+    values: per-column abs-max int8 kernel, inputs rounded to int8 per row on each call, bias
+    kept; the kernel is then frozen and the input gradient passes straight through the rounding.
+    Under JAX the product is XLA's int8 GEMM (int32 accumulation), then the epilogue in float32;
+    under torch and TensorFlow, whose int8 matmuls are slow on CPU, one fused glu on the
+    operands scaled back to floating point (see :mod:`glu_keras._int8`).
 
     Mixed precision: variables stay float32 under ``mixed_float16``/``mixed_bfloat16`` policies
     (global or per layer); inputs and weights are cast to the compute dtype and the output has the
@@ -63,6 +72,8 @@ class GatedLinearUnit(keras.layers.Layer):
         propagate_mask: pass an incoming Keras mask (``Embedding(mask_zero=True)``, ``Masking``)
             on to the next layers, as ``Dense`` does. KMR's layer drops it (Keras warns); models
             loaded through ``kmr_custom_objects`` get ``False``, so they compute what they did.
+        quantization_config: the ``keras.quantizers.Int8QuantizationConfig`` of a layer quantized
+            with ``quantize("int8", config=...)``; set by Keras when a quantized model loads.
         **kwargs: base ``keras.layers.Layer`` arguments (``dtype``, ``trainable``,
             ``activity_regularizer``, ...).
 
@@ -95,6 +106,7 @@ class GatedLinearUnit(keras.layers.Layer):
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
         propagate_mask: bool = True,
+        quantization_config: Any = None,
         **kwargs: Any,
     ) -> None:
         _check_units(units)  # before the Keras base init, as KMR
@@ -112,6 +124,7 @@ class GatedLinearUnit(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.propagate_mask = bool(propagate_mask)
         self.supports_masking = self.propagate_mask
+        self.quantization_config = quantization_config
         self.kernel = None
         self.bias = None
         # Set by glu_keras.kmr_custom_objects() on layers deserialized from a KMR config: their own
@@ -125,13 +138,17 @@ class GatedLinearUnit(keras.layers.Layer):
                 "GatedLinearUnit needs a known last input dimension (input_dim). "
                 f"Received: input_shape={tuple(input_shape)}"
             )
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(input_dim, 2, self.units),
-            initializer=PerHalf(self.kernel_initializer),
-            regularizer=per_half_regularizer(self.kernel_regularizer),
-            constraint=per_half_constraint(self.kernel_constraint),
-        )
+        kernel_shape = (input_dim, 2, self.units)
+        if self.quantization_mode is not None:  # a quantized model being loaded
+            self.quantized_build(kernel_shape, self.quantization_mode, self.quantization_config)
+        else:
+            self.kernel = self.add_weight(
+                name="kernel",
+                shape=kernel_shape,
+                initializer=PerHalf(self.kernel_initializer),
+                regularizer=per_half_regularizer(self.kernel_regularizer),
+                constraint=per_half_constraint(self.kernel_constraint),
+            )
         if self.use_bias:
             self.bias = self.add_weight(
                 name="bias",
@@ -143,14 +160,19 @@ class GatedLinearUnit(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs: Any) -> Any:
-        dtype = self.compute_dtype
-        # sparse inputs are densified, as Dense takes them
+        x = self._dense_input(inputs)
+        kernel = self._native(self.kernel, self.compute_dtype)
+        return glu_kernels.glu(x, kernel, self._native_bias(), activation=self.activation)
+
+    def _dense_input(self, inputs: Any) -> Any:
+        # sparse inputs are densified, integer inputs cast, as Dense takes them
         x = ops.convert_to_tensor(inputs, sparse=False)
-        if keras.backend.standardize_dtype(x.dtype) != dtype:  # e.g. integer inputs, as Dense takes
-            x = ops.cast(x, dtype)
-        kernel = self._native(self.kernel, dtype)
-        bias = self._native(self.bias, dtype) if self.use_bias else None
-        return glu_kernels.glu(x, kernel, bias, activation=self.activation)
+        if keras.backend.standardize_dtype(x.dtype) != self.compute_dtype:
+            x = ops.cast(x, self.compute_dtype)
+        return x
+
+    def _native_bias(self) -> Any:
+        return self._native(self.bias, self.compute_dtype) if self.use_bias else None
 
     @staticmethod
     def _native(variable: Any, dtype: str) -> Any:
@@ -182,16 +204,116 @@ class GatedLinearUnit(keras.layers.Layer):
                 "kernel_constraint": constraints.serialize(self.kernel_constraint),
                 "bias_constraint": constraints.serialize(self.bias_constraint),
                 "propagate_mask": self.propagate_mask,
+                "quantization_config": keras.saving.serialize_keras_object(
+                    self.quantization_config
+                ),
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GatedLinearUnit:
+        config = dict(config)
+        config["quantization_config"] = keras.saving.deserialize_keras_object(
+            config.get("quantization_config")
+        )
+        return super().from_config(config)
+
+    # --- int8 quantization (Keras' `quantize` protocol, the scheme of `Dense`'s "int8" mode) ----
+
+    def quantize(
+        self, mode: str | None = None, type_check: bool = True, config: Any = None
+    ) -> None:
+        """Quantizes the built layer in place; only ``mode="int8"`` is offered.
+
+        The kernel becomes int8 with one float32 scale per output column (``kernel_scale``, shape
+        (2, units)): ``kernel ~= int8_kernel / kernel_scale``. Each call rounds its inputs to int8
+        with one scale per row (unless ``config`` has ``activation_quantizer=None``). These are
+        the values Keras computes for KMR's two ``Dense`` sublayers, bit for bit.
+
+        Raises:
+            NotImplementedError: any other mode (``Model.quantize`` turns it into a warning and
+                leaves the layer in floating point), or a subclass when ``type_check`` is set (its
+                ``call`` may not be the one quantized here).
+        """
+        if type_check and type(self) is not GatedLinearUnit:
+            raise self._not_implemented_error(self.quantize)
+        if mode != "int8":
+            raise self._not_implemented_error(
+                self.quantize,
+                f"GatedLinearUnit quantizes to mode='int8' only. Received: mode={mode!r}",
+            )
+        weight_quantizer = quantizers.QuantizationConfig.weight_quantizer_or_default(
+            config, quantizers.AbsMaxQuantizer(axis=0)
+        )
+        kernel_shape = tuple(self.kernel.shape)
+        kernel_value, kernel_scale = weight_quantizer(self.kernel, to_numpy=True)
+        kernel_scale = ops.squeeze(kernel_scale, axis=0)
+        if tuple(kernel_scale.shape) != kernel_shape[1:]:
+            raise ValueError(
+                "The weight quantizer must reduce over the input axis (axis=0) and give one scale "
+                f"per output column, shape {kernel_shape[1:]}. "
+                f"Received: kernel_scale.shape={tuple(kernel_scale.shape)}"
+            )
+        self.quantization_config = config
+        del self.kernel
+        self.quantized_build(kernel_shape, mode, config)
+        self.kernel.assign(kernel_value)
+        self.kernel_scale.assign(kernel_scale)
+        if self.dtype_policy.quantization_mode is None:
+            self.dtype_policy = dtype_policies.get(f"{mode}_from_{self.dtype_policy.name}")
+
+    def quantized_build(self, kernel_shape: tuple[int, ...], mode: str, config: Any = None) -> None:
+        if mode != "int8":
+            raise self._quantization_mode_error(mode)
+        self.inputs_quantizer = quantizers.QuantizationConfig.activation_quantizer_or_default(
+            config, quantizers.AbsMaxQuantizer()
+        )
+        self.kernel = self.add_weight(
+            name="kernel", shape=kernel_shape, initializer="zeros", dtype="int8", trainable=False
+        )
+        self.kernel_scale = self.add_weight(
+            name="kernel_scale",
+            shape=kernel_shape[1:],
+            initializer="ones",
+            trainable=False,
+            autocast=False,  # float32 under mixed precision too: the kernel is scaled in float32
+        )
+        self._is_quantized = True
+
+    def _int8_call(self, inputs: Any, training: bool | None = None) -> Any:
+        x = self._dense_input(inputs)
+        if self.inputs_quantizer is not None and keras.backend.backend() == "jax":
+            return _int8.integer_glu(
+                x, self.kernel.value, self.kernel_scale.value, self._native_bias(),
+                self.inputs_quantizer, self.activation,
+            )  # fmt: skip
+        if self.inputs_quantizer is not None:
+            x = _int8.rounded_to_int8(x, self.inputs_quantizer)
+        kernel = _int8.dequantized(self.kernel.value, self.kernel_scale.value, self.compute_dtype)
+        return glu_kernels.glu(x, kernel, self._native_bias(), activation=self.activation)
+
+    def save_own_variables(self, store: Any) -> None:
+        if self.quantization_mode is None:
+            super().save_own_variables(store)
+        elif self.built:  # Dense's order for int8: kernel, bias, kernel_scale
+            for i, variable in enumerate(self._quantized_variables()):
+                store[str(i)] = variable
+
+    def _quantized_variables(self) -> list[Any]:
+        return [self.kernel, *([self.bias] if self.use_bias else []), self.kernel_scale]
 
     # --- Saving and KMR migration ----------------------------------------------------------------
 
     def load_own_variables(self, store: Any) -> None:
         if len(store.keys()) == 0 and (self._kmr_compat or holds_kmr_halves(store)):
             return  # a KMR file: the `linear` and `sigmoid` views below receive the weights
-        super().load_own_variables(store)
+        if self.quantization_mode is None:
+            super().load_own_variables(store)
+            return
+        self._check_load_own_variables(store)  # the count, with Keras' own message
+        for i, variable in enumerate(self._quantized_variables()):
+            variable.assign(store[str(i)])
 
     def _kmr_view(self, half: int) -> KMRSublayerView:
         # One view per half, kept for the layer's lifetime: Keras' saving walk tells objects apart

@@ -62,6 +62,10 @@ def test_memory_and_keras_step_were_measured(quick_run):
     for backend, k in keras.items():
         assert "skipped" not in k, (backend, k.get("skipped"))
         assert k["results"] and all(r["ratio_glu_to_kmr"] > 0 for r in k["results"])
+        for r in k["results"]:
+            int8 = r["int8_predict"]
+            assert set(int8["stats"]) == {"glu_keras float", "glu_keras int8", "kmr_style int8"}
+            assert int8["ratio_glu_to_kmr"] > 0 and int8["ratio_int8_to_float"] > 0
 
 
 def test_plot_table_and_readme_section(quick_run):
@@ -74,6 +78,8 @@ def test_plot_table_and_readme_section(quick_run):
     section = readme.section(quick_run["result"], "benchmarks/results/latest.png")
     assert section.startswith(readme.START) and section.endswith(readme.END)
     assert "| torch |" in section and "Machine:" in section
+    assert 'after `model.quantize("int8")`' in section
+    assert 'after model.quantize("int8")' in quick_run["stdout"]
     by_backend = section.split("by backend", 1)[1].split("\n\n", 2)[1]  # the table after it
     header, _, *rows = by_backend.splitlines()
     timed = [b for b in ("torch", "jax", "tensorflow") if b in available_backends()]

@@ -23,3 +23,14 @@ def numpy_glu(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, act=No
         h = h + np.asarray(bias, np.float64)
     a, g = h[..., 0, :], h[..., 1, :]
     return a * (act(g) if act is not None else 1.0 / (1.0 + np.exp(-g)))
+
+
+def kmr_style_twin(layer):
+    """KMR's two-Dense layer holding the same (float) weights as the GatedLinearUnit ``layer``."""
+    from glu_keras._kmr import KMRStyleGatedLinearUnit
+
+    kernel, bias = (to_numpy(w) for w in layer.weights)
+    twin = KMRStyleGatedLinearUnit(layer.units)
+    twin.build((None, kernel.shape[0]))
+    twin.set_weights([kernel[:, 0], bias[0], kernel[:, 1], bias[1]])
+    return twin

@@ -5,12 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from keras_helpers import numpy_glu, to_numpy
+from keras_helpers import kmr_style_twin, numpy_glu, to_numpy
 
 import glu_keras
 import glu_kernels
 from glu_keras import GatedLinearUnit, PerHalf
-from glu_keras._kmr import KMRStyleGatedLinearUnit
 
 pytestmark = pytest.mark.keras
 
@@ -256,15 +255,6 @@ def test_torch_meta_device_call():
 
 
 # --- fused op and gradients -------------------------------------------------------------------
-
-
-def kmr_style_twin(layer: GatedLinearUnit) -> KMRStyleGatedLinearUnit:
-    """KMR's two-Dense layer holding the same weights as ``layer``."""
-    kernel, bias = (to_numpy(w) for w in layer.weights)
-    twin = KMRStyleGatedLinearUnit(layer.units)
-    twin.build((None, kernel.shape[0]))
-    twin.set_weights([kernel[:, 0], bias[0], kernel[:, 1], bias[1]])
-    return twin
 
 
 def test_kmr_style_reference_layer_computes_the_same(rng):
