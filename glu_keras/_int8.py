@@ -4,13 +4,15 @@ Values: ``kernel ~= kernel_int8 / kernel_scale`` (one scale per output column) a
 ``x ~= x_int8 / x_scale`` (one scale per row, ``keras.quantizers.AbsMaxQuantizer``). Gradients: the
 kernel is frozen; the input gradient passes straight through the rounding, as in ``Dense``.
 
-Two ways to multiply, chosen by backend from measurements on a 2-core AVX-512 CPU (README,
-"Quantization"): XLA multiplies int8 operands with an int8 GEMM (2-4x faster than its float32 GEMM
-at 1024x256->256 and 2048x1024->1024), so under JAX ``integer_glu`` runs the product in int8 and
-the epilogue in float32; torch's and TensorFlow's int8 matmuls fall back to slow paths on CPU
-(5-20x slower than float32), so there the operands are scaled back (``rounded_to_int8``,
-``dequantized``) and multiplied by one fused :func:`glu_kernels.glu`. The int8 values are the same
-either way; the results differ by a float32 GEMM's rounding.
+Two ways to multiply, chosen by backend from measurements on a 2-core AVX-512 CPU (README, "int8
+quantization"). ``integer_glu``: the product in int8 with int32 accumulation, the epilogue in
+float32; for JAX (XLA's int8 GEMM: 2-4x faster than its float32 GEMM at 1024x256->256 and
+2048x1024->1024) and torch on the CPU (``torch._int_mm``: 2.5-7.5x faster than float32 there; Keras'
+own int8 matmul is an int32 einsum on the CPU, 5-20x slower than float32). Otherwise (TensorFlow,
+whose int8 matmul is slow on the CPU, and torch on an accelerator, where ``torch._int_mm`` has shape
+limits) the operands are scaled back (``rounded_to_int8``, ``dequantized``) and multiplied by one
+fused :func:`glu_kernels.glu`. The int8 values are the same either way; the results differ by a
+float32 GEMM's rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import keras
 from keras import ops
 
 # The gate activations as Keras' own ops (the forward kernels glu_kernels' JAX backend calls too):
@@ -30,6 +33,21 @@ _ACTIVATIONS = {
     "relu": ops.relu,
     "linear": lambda g: g,
 }
+
+
+def multiplies_in_int8(x: Any) -> bool:
+    """Whether ``integer_glu`` is the faster way for ``x`` (see the module's docstring)."""
+    backend = keras.backend.backend()
+    return backend == "jax" or (backend == "torch" and x.device.type == "cpu")
+
+
+def _int32_matmul(x_int8: Any, kernel_int8: Any) -> Any:
+    if keras.backend.backend() == "torch":
+        import torch
+
+        rows = torch._int_mm(x_int8.reshape(-1, x_int8.shape[-1]), kernel_int8)
+        return rows.reshape(*x_int8.shape[:-1], rows.shape[-1])
+    return ops.matmul(x_int8, kernel_int8)
 
 
 def _straight_through(*args: Any, upstream: Any = None) -> Any:
@@ -79,7 +97,7 @@ def integer_glu(
             return ops.cast(ops.matmul(ops.cast(dh, "float32"), ops.transpose(kernel)), dtype)
 
         x_int8, x_scale = quantizer(x, axis=-1)
-        h = ops.cast(ops.matmul(x_int8, kernel_int8), "float32")  # int32, exact
+        h = ops.cast(_int32_matmul(x_int8, kernel_int8), "float32")  # int32, exact
         return ops.divide(h, ops.multiply(ops.cast(x_scale, "float32"), kernel_scale)), grad
 
     h = preactivation(x)
