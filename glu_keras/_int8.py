@@ -5,14 +5,14 @@ Values: ``kernel ~= kernel_int8 / kernel_scale`` (one scale per output column) a
 kernel is frozen; the input gradient passes straight through the rounding, as in ``Dense``.
 
 Two ways to multiply, chosen by backend from measurements on a 2-core AVX-512 CPU (README, "int8
-quantization"). ``integer_glu``: the product in int8 with int32 accumulation, the epilogue in
-float32; for JAX (XLA's int8 GEMM: 2-4x faster than its float32 GEMM at 1024x256->256 and
-2048x1024->1024) and torch on the CPU (``torch._int_mm``: 2.5-7.5x faster than float32 there; Keras'
-own int8 matmul is an int32 einsum on the CPU, 5-20x slower than float32). Otherwise (TensorFlow,
-whose int8 matmul is slow on the CPU, and torch on an accelerator, where ``torch._int_mm`` has shape
-limits) the operands are scaled back (``rounded_to_int8``, ``dequantized``) and multiplied by one
-fused :func:`glu_kernels.glu`. The int8 values are the same either way; the results differ by a
-float32 GEMM's rounding.
+quantization" under "Migrating from KMR"). ``integer_glu``: the product in int8 with int32
+accumulation, the epilogue in float32; for JAX (XLA's int8 GEMM: 2-4x faster than its float32 GEMM
+at 1024x256->256 and 2048x1024->1024) and torch on the CPU (``torch._int_mm``: 2.5-7.5x faster than
+float32 there; Keras' own int8 matmul is an int32 einsum on the CPU, 7-21x slower than float32 at
+those shapes). Otherwise (TensorFlow, whose int8 matmul is 3.5-5.5x slower than float32 on the CPU,
+and torch on an accelerator, where ``torch._int_mm`` has shape limits) the operands are scaled back
+(``rounded_to_int8``, ``dequantized``) and multiplied by one fused :func:`glu_kernels.glu`. The int8
+values are the same either way; the results differ by a float32 GEMM's rounding.
 """
 
 from __future__ import annotations
@@ -36,9 +36,16 @@ _ACTIVATIONS = {
 
 
 def multiplies_in_int8(x: Any) -> bool:
-    """Whether ``integer_glu`` is the faster way for ``x`` (see the module's docstring)."""
+    """Whether ``integer_glu`` is the faster way for ``x`` (see the module's docstring). Not while
+    torch records a program (``torch.jit.trace``, ``torch.export``: Keras' ONNX export), whose
+    exporters have no translation for ``torch._int_mm``."""
     backend = keras.backend.backend()
-    return backend == "jax" or (backend == "torch" and x.device.type == "cpu")
+    if backend != "torch":
+        return backend == "jax"
+    import torch
+
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return x.device.type == "cpu" and not (torch.jit.is_tracing() or exporting())
 
 
 def _int32_matmul(x_int8: Any, kernel_int8: Any) -> Any:
@@ -89,18 +96,22 @@ def integer_glu(
     kernel_int8 = ops.reshape(kernel_int8, (d, 2 * units))
     kernel_scale = ops.reshape(ops.cast(kernel_scale, "float32"), (2 * units,))
 
+    # The kernel and its scale are arguments, not closed over: JAX refuses to differentiate a
+    # custom gradient with respect to closed-over values (a SavedModel export traces gradients
+    # with respect to every variable).
     @ops.custom_gradient
-    def preactivation(x):
+    def preactivation(x, kernel_int8, kernel_scale):
         def grad(*args, upstream=None):
             dh = _straight_through(*args, upstream=upstream)
             kernel = ops.divide(ops.cast(kernel_int8, "float32"), kernel_scale)
-            return ops.cast(ops.matmul(ops.cast(dh, "float32"), ops.transpose(kernel)), dtype)
+            dx = ops.cast(ops.matmul(ops.cast(dh, "float32"), ops.transpose(kernel)), dtype)
+            return dx, None, None  # the kernel is frozen
 
         x_int8, x_scale = quantizer(x, axis=-1)
         h = ops.cast(_int32_matmul(x_int8, kernel_int8), "float32")  # int32, exact
         return ops.divide(h, ops.multiply(ops.cast(x_scale, "float32"), kernel_scale)), grad
 
-    h = preactivation(x)
+    h = preactivation(x, kernel_int8, kernel_scale)
     if bias is not None:
         h = ops.add(h, ops.reshape(ops.cast(bias, "float32"), (2 * units,)))
     a, g = h[..., :units], h[..., units:]

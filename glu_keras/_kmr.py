@@ -50,8 +50,10 @@ class KMRSublayerView(KerasSaveable):
     """One half of a :class:`glu_keras.GatedLinearUnit` seen as KMR's ``Dense`` sublayer (loading).
 
     ``load_own_variables`` takes a KMR ``Dense``'s stored variables (``"0"``: kernel (D, U),
-    ``"1"``: bias (U,)) and writes them into ``kernel[:, half]`` and ``bias[half]`` of the fused
-    layer. An empty store (any file this package wrote) is left alone. Holds its layer by weak
+    ``"1"``: bias (U,); after ``model.quantize("int8")``: int8 kernel, bias, ``kernel_scale``
+    (U,)) and writes them into ``kernel[:, half]``, ``bias[half]`` (and ``kernel_scale[half]``)
+    of the fused layer, which must be quantized alike. An empty store (any file this package
+    wrote) is left alone. Holds its layer by weak
     reference, so the saving walk never recurses back into the layer.
     """
 
@@ -89,15 +91,37 @@ class KMRSublayerView(KerasSaveable):
             raise ValueError(f"Cannot load KMR weights into the unbuilt layer {name}.")
         units, d = layer.units, layer.kernel.shape[0]
         kernel = np.asarray(store["0"])
+        # Dense's layouts: (kernel, bias) in floating point; (int8 kernel, bias, kernel_scale)
+        # after model.quantize("int8"), the scale last
+        stored_int8, layer_int8 = kernel.dtype == np.int8, layer.quantization_mode == "int8"
+        if stored_int8 != layer_int8:
+            raise ValueError(
+                f"KMR Dense '{name}' holds {'int8' if stored_int8 else 'floating-point'} "
+                f"weights, but this layer is {'quantized (int8)' if layer_int8 else 'not'}: "
+                + (
+                    "load them before model.quantize('int8')."
+                    if layer_int8
+                    else "build the model in code, call model.quantize('int8'), then load them "
+                    "with model.load_weights(...)."
+                )
+                + f" Received: kernel.dtype={kernel.dtype}, "
+                f"layer quantization_mode={layer.quantization_mode}"
+            )
         if kernel.shape != (d, units):
             raise ValueError(
                 f"KMR Dense '{name}' has a kernel of shape {kernel.shape}; this layer expects "
                 f"(input_dim, units) = {(d, units)}."
             )
-        packed = keras.ops.convert_to_numpy(layer.kernel.value).copy()
-        packed[:, self._half, :] = kernel
-        layer.kernel.assign(packed)
-        if "1" in store:
+        _assign_half(layer.kernel, self._half, kernel)
+        if stored_int8:
+            scale = np.asarray(store[str(len(store.keys()) - 1)])
+            if scale.shape != (units,):
+                raise ValueError(
+                    f"KMR Dense '{name}' has a kernel_scale of shape {scale.shape}; expected "
+                    f"({units},)."
+                )
+            _assign_half(layer.kernel_scale, self._half, scale)
+        if "1" in store and not (stored_int8 and len(store.keys()) == 2):
             if not layer.use_bias:
                 raise ValueError(
                     f"KMR Dense '{name}' has a bias, but the layer has use_bias=False."
@@ -107,9 +131,18 @@ class KMRSublayerView(KerasSaveable):
                 raise ValueError(
                     f"KMR Dense '{name}' has a bias of shape {bias.shape}; expected ({units},)."
                 )
-            packed_bias = keras.ops.convert_to_numpy(layer.bias.value).copy()
-            packed_bias[self._half] = bias
-            layer.bias.assign(packed_bias)
+            _assign_half(layer.bias, self._half, bias)
+
+
+def _assign_half(variable: Any, half: int, value: np.ndarray) -> None:
+    """``variable[:, half] = value`` for the (D, 2, U) kernel, ``variable[half]`` for the (2, U)
+    bias and kernel_scale."""
+    packed = keras.ops.convert_to_numpy(variable.value).copy()
+    if packed.ndim == 3:
+        packed[:, half, :] = value
+    else:
+        packed[half] = value
+    variable.assign(packed)
 
 
 def holds_kmr_halves(store: Any) -> bool:

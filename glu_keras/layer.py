@@ -204,11 +204,12 @@ class GatedLinearUnit(keras.layers.Layer):
                 "kernel_constraint": constraints.serialize(self.kernel_constraint),
                 "bias_constraint": constraints.serialize(self.bias_constraint),
                 "propagate_mask": self.propagate_mask,
-                "quantization_config": keras.saving.serialize_keras_object(
-                    self.quantization_config
-                ),
             }
         )
+        if self.quantization_config is not None:  # absent otherwise: older versions load the file
+            config["quantization_config"] = keras.saving.serialize_keras_object(
+                self.quantization_config
+            )
         return config
 
     @classmethod
@@ -239,6 +240,10 @@ class GatedLinearUnit(keras.layers.Layer):
         if type_check and type(self) is not GatedLinearUnit:
             raise self._not_implemented_error(self.quantize)
         if mode != "int8":
+            if self.dtype_policy.quantization_mode == mode:
+                # Keras' dtype_policy setter applies the policy, then calls quantize: undo it, so
+                # the layer stays what it was, in floating point
+                self.dtype_policy = self.dtype_policy.name.split("_from_", 1)[1]
             raise self._not_implemented_error(
                 self.quantize,
                 f"GatedLinearUnit quantizes to mode='int8' only. Received: mode={mode!r}",
@@ -296,7 +301,10 @@ class GatedLinearUnit(keras.layers.Layer):
     def save_own_variables(self, store: Any) -> None:
         if self.quantization_mode is None:
             super().save_own_variables(store)
-        elif self.built:  # Dense's order for int8: kernel, bias, kernel_scale
+            return
+        if self.quantization_mode != "int8":
+            raise self._quantization_mode_error(self.quantization_mode)
+        if self.built:  # Dense's order for int8: kernel, bias, kernel_scale
             for i, variable in enumerate(self._quantized_variables()):
                 store[str(i)] = variable
 
@@ -311,6 +319,8 @@ class GatedLinearUnit(keras.layers.Layer):
         if self.quantization_mode is None:
             super().load_own_variables(store)
             return
+        if self.quantization_mode != "int8":
+            raise self._quantization_mode_error(self.quantization_mode)
         self._check_load_own_variables(store)  # the count, with Keras' own message
         for i, variable in enumerate(self._quantized_variables()):
             variable.assign(store[str(i)])

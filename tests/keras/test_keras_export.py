@@ -28,15 +28,21 @@ pytestmark = pytest.mark.keras
 BACKEND = keras.backend.backend()
 
 
-def _model(rng, gelu: str = "gelu") -> keras.Model:
+def _model(rng, gelu: str = "gelu", int8: bool = False) -> keras.Model:
     inputs = keras.Input((3, 10))
     x = GatedLinearUnit(8, activation="silu")(inputs)
     x = x * GatedLinearUnit(8, activation=gelu, use_bias=False)(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(GatedLinearUnit(4)(x)))
     for w in model.weights:
         w.assign(rng.uniform(-1.0, 1.0, size=tuple(w.shape)))
+    if int8:  # the GLU layers only: Keras' int8 Dense does not convert to LiteRT here
+        model.quantize("int8", filters=lambda layer: isinstance(layer, GatedLinearUnit))
+        assert [layer.quantization_mode for layer in model.layers[1:]] == ["int8"] * 3 + [None]
     model(np.zeros((2, 3, 10), "float32"))  # Keras exports called models only
     return model
+
+
+QUANTIZATION = pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
 
 
 def _assert_export_matches(got: np.ndarray, want: np.ndarray) -> None:
@@ -45,14 +51,17 @@ def _assert_export_matches(got: np.ndarray, want: np.ndarray) -> None:
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="Keras exports ONNX from torch here (see doc)")
+@QUANTIZATION
 @pytest.mark.parametrize("dynamo", [False, True], ids=["dynamic_batch", "static_batch"])
-def test_keras_onnx_export_runs_in_onnxruntime(tmp_path, rng, monkeypatch, dynamo):
+def test_keras_onnx_export_runs_in_onnxruntime(tmp_path, rng, monkeypatch, dynamo, int8):
     """Keras picks the exporter by the signature: TorchScript's for a dynamic batch size,
     dynamo's for static shapes (and falls back to TorchScript's, silently, if dynamo's fails:
     hence the spy)."""
     import torch
 
     ort = pytest.importorskip("onnxruntime")
+    if int8 and not dynamo:
+        pytest.skip("Keras' int8 quantizer does not export with a dynamic batch (int8 Dense alike)")
     exporters = []
     export = torch.onnx.export
 
@@ -61,7 +70,7 @@ def test_keras_onnx_export_runs_in_onnxruntime(tmp_path, rng, monkeypatch, dynam
         return export(*args, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", spy)
-    model = _model(rng)
+    model = _model(rng, int8=int8)
     batches = [4] if dynamo else [4, 7]
     signature = [keras.InputSpec(shape=(4, 3, 10), dtype="float32")] if dynamo else None
     path = str(tmp_path / "model.onnx")
@@ -75,10 +84,11 @@ def test_keras_onnx_export_runs_in_onnxruntime(tmp_path, rng, monkeypatch, dynam
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras' tf_saved_model export fails under torch")
-def test_keras_tf_saved_model_export_serves(tmp_path, rng):
+@QUANTIZATION
+def test_keras_tf_saved_model_export_serves(tmp_path, rng, int8):
     import tensorflow as tf
 
-    model = _model(rng)
+    model = _model(rng, int8=int8)
     path = str(tmp_path / "saved")
     model.export(path, format="tf_saved_model", verbose=False)
     served = tf.saved_model.load(path)
@@ -88,12 +98,13 @@ def test_keras_tf_saved_model_export_serves(tmp_path, rng):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="LiteRT export of this model: TensorFlow")
-def test_keras_litert_export_runs_in_the_tflite_interpreter(tmp_path, rng):
+@QUANTIZATION
+def test_keras_litert_export_runs_in_the_tflite_interpreter(tmp_path, rng, int8):
     import tensorflow as tf
 
     # GeGLU's exact form computes erfc, which LiteRT has no builtin op for (converting it needs
     # SELECT_TF_OPS); the tanh form converts
-    model = _model(rng, gelu="gelu_tanh")
+    model = _model(rng, gelu="gelu_tanh", int8=int8)
     path = str(tmp_path / "model.tflite")
     model.export(path, format="litert", verbose=False)
     interpreter = tf.lite.Interpreter(model_path=path)

@@ -81,6 +81,48 @@ class _KMRLayout(keras.layers.Layer):
 _KMRLayout.__name__ = _KMRLayout.__qualname__ = "GatedLinearUnit"
 
 
+def _kmr_layout_model(rng) -> keras.Model:
+    model = keras.Sequential([keras.Input((12,)), _KMRLayout(8)])
+    model.set_weights([rng.normal(scale=0.5, size=tuple(w.shape)) for w in model.weights])
+    return model
+
+
+def test_quantized_kmr_weights_load_into_a_quantized_model(tmp_path, rng):
+    """A KMR model quantized by Keras (its Dense sublayers in int8) saved as weights: a model
+    built in code with the fused layer, quantized, takes its int8 kernels, biases and scales."""
+    kmr = _kmr_layout_model(rng)
+    kmr.quantize("int8")
+    kmr.save_weights(tmp_path / "kmr_int8.weights.h5")
+    model = keras.Sequential([keras.Input((12,)), GatedLinearUnit(8)])
+    model.quantize("int8")
+    model.load_weights(tmp_path / "kmr_int8.weights.h5")
+    layer, kmr_layer = model.layers[0], kmr.layers[0]
+    for half, dense in enumerate((kmr_layer.linear, kmr_layer.sigmoid)):
+        np.testing.assert_array_equal(to_numpy(layer.kernel)[:, half], to_numpy(dense._kernel))
+        np.testing.assert_array_equal(to_numpy(layer.bias)[half], to_numpy(dense.bias))
+        np.testing.assert_array_equal(
+            to_numpy(layer.kernel_scale)[half], to_numpy(dense.kernel_scale)
+        )
+    x = rng.normal(size=(6, 12)).astype("float32")
+    np.testing.assert_allclose(to_numpy(model(x)), to_numpy(kmr(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_kmr_weights_and_quantization_must_agree(tmp_path, rng):
+    """Float KMR weights into a quantized layer, int8 KMR weights into a float one: refused by name
+    (the view would otherwise truncate floats into int8, or take integers as float weights)."""
+    kmr = _kmr_layout_model(rng)
+    kmr.save_weights(tmp_path / "kmr_float.weights.h5")
+    quantized = keras.Sequential([keras.Input((12,)), GatedLinearUnit(8)])
+    quantized.quantize("int8")
+    with pytest.raises(ValueError, match="floating-point weights, but this layer is quantized"):
+        quantized.load_weights(tmp_path / "kmr_float.weights.h5")
+    kmr.quantize("int8")
+    kmr.save_weights(tmp_path / "kmr_int8.weights.h5")
+    floating = keras.Sequential([keras.Input((12,)), GatedLinearUnit(8)])
+    with pytest.raises(ValueError, match=r"holds int8 weights, but this layer is not.*quantize"):
+        floating.load_weights(tmp_path / "kmr_int8.weights.h5")
+
+
 def _sequential_model(glu) -> keras.Model:
     """fixtures/make_kmr_fixtures.py's sequential_model, with ``glu`` as the GLU layer (that
     script imports KMR's layer, hence not shared)."""

@@ -15,7 +15,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from keras_helpers import kmr_style_twin, to_numpy
+from keras_helpers import kmr_style_twin, numpy_glu, to_numpy
 from tolerances import assert_close, output_scale
 
 import glu_kernels
@@ -222,15 +222,40 @@ def test_training_after_quantization_matches_kmr_int8_sublayers(rng):
     np.testing.assert_allclose(fused_first, unfused_first, atol=2e-5)
 
 
-def test_mixed_bfloat16_quantized(rng):
+def test_mixed_bfloat16_quantized(monkeypatch, rng):
+    """bfloat16 compute: the kernel is scaled back in float32 (the scale is read unrounded inside
+    the call, where Keras' autocast would round float32 variables to bfloat16), rounded once."""
+    scale_dtypes = []
+
+    def spy(fn, scale_position):
+        def wrapped(*args, **kwargs):
+            scale = args[scale_position]
+            scale_dtypes.append(keras.backend.standardize_dtype(scale.dtype))
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(_int8, "integer_glu", spy(_int8.integer_glu, 2))
+    monkeypatch.setattr(_int8, "dequantized", spy(_int8.dequantized, 1))
     layer = quantized(8, 12, rng, dtype="mixed_bfloat16")
     assert layer.dtype_policy.name == "int8_from_mixed_bfloat16"
-    assert keras.backend.standardize_dtype(layer.kernel_scale.dtype) == "float32"
     x = rng.normal(size=(6, 12)).astype("float32")
     y = layer(x)
+    assert scale_dtypes == ["float32"]
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
     x16 = to_numpy(keras.ops.cast(x, "bfloat16"))
     assert_matches_reference(layer, x16, y, dtype="bfloat16")
+
+
+def test_dequantized_kernel_is_rounded_once_from_float32(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    kernel = rng.integers(-127, 128, size=(12, 2, 8)).astype("int8")
+    scale = rng.uniform(1.0, 300.0, size=(2, 8)).astype("float32")
+    got = _int8.dequantized(
+        keras.ops.convert_to_tensor(kernel), keras.ops.convert_to_tensor(scale), "bfloat16"
+    )
+    want = (kernel.astype("float32") / scale).astype(ml_dtypes.bfloat16).astype("float32")
+    np.testing.assert_array_equal(to_numpy(got), want)
 
 
 def test_setting_an_int8_dtype_policy_quantizes(rng):
@@ -253,6 +278,29 @@ def test_other_modes_are_refused_by_name_and_model_quantize_leaves_the_layer_as_
         model.quantize(mode)
     assert layer.quantization_mode is None
     assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
+
+
+@pytest.mark.parametrize("mode", ["int4", "float8"])
+def test_other_modes_set_as_a_dtype_policy_leave_the_layer_working_in_floating_point(
+    mode, tmp_path, rng
+):
+    """Keras' dtype_policy setter applies the policy before it calls quantize: the refusal undoes
+    it."""
+    layer = GatedLinearUnit(8)
+    layer.build((None, 12))
+    policy = "int4/-1_from_float32" if mode == "int4" else "float8_from_float32"
+    with pytest.raises(NotImplementedError, match=f"Received: mode='{mode}'"):
+        layer.dtype_policy = policy
+    assert layer.dtype_policy.name == "float32" and layer.quantization_mode is None
+    x = rng.normal(size=(3, 12)).astype("float32")
+    kernel, bias = (to_numpy(w) for w in layer.weights)
+    np.testing.assert_allclose(to_numpy(layer(x)), numpy_glu(x, kernel, bias), atol=1e-5)
+    keras.Sequential([keras.Input((12,)), layer]).save_weights(tmp_path / "float.weights.h5")
+
+
+def test_float_config_has_no_quantization_entry():
+    """Files of float layers stay loadable by versions without quantization support."""
+    assert "quantization_config" not in GatedLinearUnit(4).get_config()
 
 
 def test_subclasses_are_not_quantized_by_type_check():
