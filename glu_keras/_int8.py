@@ -5,14 +5,17 @@ Values: ``kernel ~= kernel_int8 / kernel_scale`` (one scale per output column) a
 kernel is frozen; the input gradient passes straight through the rounding, as in ``Dense``.
 
 Two ways to multiply, chosen by backend from measurements on a 2-core AVX-512 CPU (README, "int8
-quantization" under "Migrating from KMR"). ``integer_glu``: the product in int8 with int32
-accumulation, the epilogue in float32; for JAX (XLA's int8 GEMM: 2-4x faster than its float32 GEMM
-at 1024x256->256 and 2048x1024->1024) and torch on the CPU (``torch._int_mm``: 2.5-7.5x faster than
-float32 there; Keras' own int8 matmul is an int32 einsum on the CPU, 7-21x slower than float32 at
-those shapes). Otherwise (TensorFlow, whose int8 matmul is 3.5-5.5x slower than float32 on the CPU,
-and torch on an accelerator, where ``torch._int_mm`` has shape limits) the operands are scaled back
-(``rounded_to_int8``, ``dequantized``) and multiplied by one fused :func:`glu_kernels.glu`. The int8
-values are the same either way; the results differ by a float32 GEMM's rounding.
+quantization" under "Migrating from KMR"). Under JAX, ``integer_glu``: the product in int8 with
+int32 accumulation (XLA's int8 GEMM: 2-4x faster than its float32 GEMM at 1024x256->256 and
+2048x1024->1024), the epilogue in float32, fused by XLA. Elsewhere the operands are scaled back
+(``rounded_to_int8``, ``dequantized``) and multiplied by one fused :func:`glu_kernels.glu`:
+TensorFlow's int8 matmul is 3.5-5.5x slower than float32 on the CPU, and Keras' torch int8 matmul an
+int32 einsum there (7-21x slower). torch's own ``torch._int_mm`` is fast on the CPU (exact; 2.5-7.5x
+a float32 GEMM's speed), but the float32 epilogue after it, as separate eager torch ops (about seven
+passes over (B, 2U)), cost more than it saved at 1024x256->256 (2.6 against 2.0 ms; bfloat16 2.3
+against 1.4 ms, where AMX's bfloat16 GEMM is as fast) and won only where D is large (2048x1024->1024
+float32: 19 against 39 ms). The int8 values are the same either way; the results differ by a float32
+GEMM's rounding.
 """
 
 from __future__ import annotations
@@ -35,26 +38,9 @@ _ACTIVATIONS = {
 }
 
 
-def multiplies_in_int8(x: Any) -> bool:
-    """Whether ``integer_glu`` is the faster way for ``x`` (see the module's docstring). Not while
-    torch records a program (``torch.jit.trace``, ``torch.export``: Keras' ONNX export), whose
-    exporters have no translation for ``torch._int_mm``."""
-    backend = keras.backend.backend()
-    if backend != "torch":
-        return backend == "jax"
-    import torch
-
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return x.device.type == "cpu" and not (torch.jit.is_tracing() or exporting())
-
-
-def _int32_matmul(x_int8: Any, kernel_int8: Any) -> Any:
-    if keras.backend.backend() == "torch":
-        import torch
-
-        rows = torch._int_mm(x_int8.reshape(-1, x_int8.shape[-1]), kernel_int8)
-        return rows.reshape(*x_int8.shape[:-1], rows.shape[-1])
-    return ops.matmul(x_int8, kernel_int8)
+def multiplies_in_int8() -> bool:
+    """Whether ``integer_glu`` is the faster way on this backend (see the module's docstring)."""
+    return keras.backend.backend() == "jax"
 
 
 def _straight_through(*args: Any, upstream: Any = None) -> Any:
@@ -108,7 +94,7 @@ def integer_glu(
             return dx, None, None  # the kernel is frozen
 
         x_int8, x_scale = quantizer(x, axis=-1)
-        h = ops.cast(_int32_matmul(x_int8, kernel_int8), "float32")  # int32, exact
+        h = ops.cast(ops.matmul(x_int8, kernel_int8), "float32")  # int32, exact
         return ops.divide(h, ops.multiply(ops.cast(x_scale, "float32"), kernel_scale)), grad
 
     h = preactivation(x, kernel_int8, kernel_scale)

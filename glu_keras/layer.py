@@ -43,9 +43,9 @@ class GatedLinearUnit(keras.layers.Layer):
     as Keras quantizes ``Dense``, and so as it quantizes KMR's two sublayers, to the same int8
     values: per-column abs-max int8 kernel, inputs rounded to int8 per row on each call, bias
     kept; the kernel is then frozen and the input gradient passes straight through the rounding.
-    Under JAX, and torch on the CPU, the product is an int8 GEMM (int32 accumulation), then the
-    epilogue in float32; elsewhere one fused glu on the operands scaled back to floating point
-    (TensorFlow's int8 matmul is slow on the CPU; see :mod:`glu_keras._int8`).
+    Under JAX the product is XLA's int8 GEMM (int32 accumulation), then the epilogue in float32;
+    under torch and TensorFlow one fused glu on the operands scaled back to floating point
+    (measured faster there; see :mod:`glu_keras._int8`).
 
     Mixed precision: variables stay float32 under ``mixed_float16``/``mixed_bfloat16`` policies
     (global or per layer); inputs and weights are cast to the compute dtype and the output has the
@@ -288,7 +288,7 @@ class GatedLinearUnit(keras.layers.Layer):
 
     def _int8_call(self, inputs: Any, training: bool | None = None) -> Any:
         x = self._dense_input(inputs)
-        if self.inputs_quantizer is not None and _int8.multiplies_in_int8(x):
+        if self.inputs_quantizer is not None and _int8.multiplies_in_int8():
             return _int8.integer_glu(
                 x, self.kernel.value, self.kernel_scale.value, self._native_bias(),
                 self.inputs_quantizer, self.activation,
