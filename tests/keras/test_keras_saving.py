@@ -104,6 +104,18 @@ def test_file_saved_under_torch_loads(rng):
     np.testing.assert_allclose(to_numpy(model(ref["x"])), ref["y"], atol=1e-5, rtol=1e-5)
 
 
+def test_int8_file_saved_under_torch_loads(rng):
+    """The same model quantized to int8 under torch (make_glu_fixture.py --int8): int8 kernels,
+    and the same outputs on this backend (JAX multiplies in int8, torch and TensorFlow in float32:
+    the same int8 values, float32 rounding apart)."""
+    ref = np.load(FIXTURES / "glu_keras_torch_int8_outputs.npz")
+    model = keras.models.load_model(FIXTURES / "glu_keras_torch_int8.keras")
+    glus = [layer for layer in model.layers if isinstance(layer, GatedLinearUnit)]
+    assert [g.dtype_policy.name for g in glus] == ["int8_from_float32"] * 3
+    assert all(keras.backend.standardize_dtype(g.kernel.dtype) == "int8" for g in glus)
+    np.testing.assert_allclose(to_numpy(model(ref["x"])), ref["y"], atol=1e-5, rtol=1e-5)
+
+
 NEXT_BACKEND = {"jax": "torch", "torch": "tensorflow", "tensorflow": "jax"}
 
 LOAD_ELSEWHERE = textwrap.dedent(
