@@ -373,17 +373,88 @@ def test_torch_vectorized_jacobian_matches_the_looped_one(dtype):
         torch.testing.assert_close(v, l_)
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="PyTorch limitation: register_autograd's generated autograd.Function has no "
-    "setup_context staticmethod, so torch.func.grad/jacrev reject custom ops "
-    "(pytorch/pytorch#168393, #179652)",
-)
-def test_torch_func_grad_through_custom_op():
-    x, w, _ = _inputs(bias=False)
-    x, w = x.detach(), w.detach()
-    torch.func.grad(lambda w: gk.glu(x, w).sum())(w)
+# torch.func's differentiating transforms and forward-mode AD: glu is plain ATen calls there (the
+# custom op's autograd formula serves neither: grad transforms refuse it, pytorch#168393, and jvp
+# transforms passed zero tangents through it). Oracle: the same derivatives of the unfused formula.
+
+
+def _unfused(x, w, b, activation):
+    acts = {
+        "sigmoid": torch.sigmoid,
+        "silu": torch.nn.functional.silu,
+        "gelu": torch.nn.functional.gelu,
+        "gelu_tanh": lambda g: torch.nn.functional.gelu(g, approximate="tanh"),
+        "relu": torch.relu,
+        "linear": lambda g: g,
+    }
+    h = x @ w.reshape(w.shape[0], -1) + b.reshape(-1)
+    a, g = h.chunk(2, dim=-1)
+    return a * acts[activation](g)
+
+
+def _f64_inputs():
+    return (t.detach().double() for t in _inputs(lead=(4,), w3=True))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap of glu's jvp
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "jacfwd", "hessian", "vmap_grad"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_torch_func_transforms_match_the_unfused_formula(transform, activation):
+    x, w, b = _f64_inputs()
+    tangent = torch.linspace(-1, 1, x.numel(), dtype=x.dtype).reshape(x.shape)
+
+    def derivative(fn):
+        if transform == "grad":
+            return torch.func.grad(lambda w_: fn(x, w_, b).sum())(w)
+        if transform == "jacrev":
+            return torch.func.jacrev(fn, argnums=(0, 1, 2))(x, w, b)
+        if transform == "jvp":
+            return torch.func.jvp(lambda x_: fn(x_, w, b), (x,), (tangent,))
+        if transform == "jacfwd":
+            return torch.func.jacfwd(lambda x_: fn(x_, w, b))(x)
+        if transform == "hessian":
+            return torch.func.hessian(lambda x_: fn(x_, w, b).square().sum())(x[0])
+        return torch.func.vmap(torch.func.grad(lambda xi: fn(xi, w, b).sum()))(x)
+
+    got = derivative(lambda *a: gk.glu(*a, activation=activation))
+    want = derivative(lambda *a: _unfused(*a, activation))
+    for g_, ref in zip(
+        torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want), strict=True
+    ):
+        assert ref.abs().max() > 0  # a zero derivative would pass trivially
+        torch.testing.assert_close(g_, ref, **F64)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_torch_forward_ad_dual_tensors_carry_tangents(requires_grad):
+    import torch.autograd.forward_ad as fwad
+
+    x, w, b = _f64_inputs()
+    tangent = torch.linspace(-1, 1, x.numel(), dtype=x.dtype).reshape(x.shape)
+    with fwad.dual_level():
+        dual = fwad.make_dual(x.clone().requires_grad_(requires_grad), tangent)
+        got = fwad.unpack_dual(gk.glu(dual, w, b, activation="silu")).tangent
+    _, want = torch.func.jvp(lambda x_: _unfused(x_, w, b, "silu"), (x,), (tangent,))
+    torch.testing.assert_close(got, want, **F64)
+
+
+def test_torch_func_vmap_alone_keeps_the_custom_op(monkeypatch):
+    """Only differentiating transforms take the plain ATen path: vmap keeps the op's vmap rule."""
+    from glu_kernels.backends import torch as torch_backend
+
+    x, w, b = _f64_inputs()
+    paths = []
+    for name in ("glu_op", "_recordable_forward"):
+        real = getattr(torch_backend, name)
+        monkeypatch.setattr(
+            torch_backend, name, lambda *a, _n=name, _r=real: paths.append(_n) or _r(*a)
+        )
+    out = torch.func.vmap(lambda xi: gk.glu(xi, w, b))(x)
+    assert paths and set(paths) == {"glu_op"}  # (the op's vmap rule calls it again, unbatched)
+    torch.testing.assert_close(out, _unfused(x, w, b, "sigmoid"), **F64)
+    paths.clear()
+    torch.func.grad(lambda w_: gk.glu(x, w_, b).sum())(w)
+    assert paths == ["_recordable_forward"]
 
 
 # --------------------------------------------------------------------------------------------------

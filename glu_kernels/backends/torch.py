@@ -5,8 +5,9 @@ Inference (no input requires grad) calls the kernels directly. Eager training go
 custom op ``glu_kernels::glu``, registered with ``torch.library`` (fake kernel for meta/fake tensors
 and the compiler, autograd formula, vmap rule). The backward recomputes ``act(g)`` from the saved
 pre-activation ``h`` (or from x and w, with ``save="input"``). While ``torch.jit.trace`` or
-``torch.export`` (and so the ONNX exporters) record, glu is plain whole-tensor ATen calls: a
-portable recording, differentiated by autograd.
+``torch.export`` (and so the ONNX exporters) record, and under forward-mode AD and ``torch.func``'s
+differentiating transforms, glu is plain whole-tensor ATen calls: a portable recording,
+differentiated by autograd.
 
 On the CPU the elementwise passes run on row blocks that stay in cache; on a GPU on whole tensors.
 """
@@ -18,6 +19,7 @@ import threading
 import warnings
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -37,6 +39,18 @@ _DTYPE_NAMES = {
 # torch.compiler.is_exporting is newer than the oldest torch glu supports (2.4); on a torch
 # without it, exports record the paths of eager glu, as they did before glu asked
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+_DIFFERENTIATING = frozenset(
+    getattr(torch._C._functorch.TransformType, name) for name in ("Grad", "Jvp")
+)
+
+
+def _functorch_differentiates() -> bool:
+    """Whether a ``torch.func`` transform that differentiates (grad, vjp, jacrev, jvp, jacfwd,
+    hessian) is active, possibly under vmap. The custom op's autograd formula serves none of them:
+    grad transforms refuse it (pytorch#168393), jvp transforms pass zero tangents through it."""
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return any(interpreter.key() in _DIFFERENTIATING for interpreter in stack)
 
 
 def shape(t: Tensor) -> tuple[int, ...]:
@@ -500,11 +514,17 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
     )
-    if torch.jit.is_tracing() or _is_exporting():
-        out = _recordable_forward(x2, w2, b2, name)
-    elif torch._C._are_functorch_transforms_active() or (
-        needs_grad and torch.compiler.is_compiling()
+    functorch = torch._C._are_functorch_transforms_active()
+    if (
+        torch.jit.is_tracing()
+        or _is_exporting()
+        or _forward_ad._current_level >= 0  # a torch.autograd.forward_ad.dual_level
+        or (functorch and _functorch_differentiates())
     ):
+        # plain ATen calls: what records portably, and what forward-mode AD and torch.func's
+        # differentiating transforms differentiate (autograd's formulas, not the lean backward)
+        out = _recordable_forward(x2, w2, b2, name)
+    elif functorch or (needs_grad and torch.compiler.is_compiling()):
         out = glu_op(x2, w2, b2, name, spec.save)[0]  # the op's fake, vmap and autograd rules
     elif needs_grad:
         out = _GluFunction.apply(x2, w2, b2, name, spec.save)[0]
@@ -523,5 +543,6 @@ def implementation(spec: GluSpec) -> str:
         f"torch.addmm on the packed (D, 2U) weight, then {epilogue}; "
         "when a gradient is needed, an autograd.Function with the recompute backward "
         "(the custom op glu_kernels::glu under torch.compile and torch.func); "
-        "recorded by torch.jit.trace or torch.export: plain ATen calls, autograd's gradient"
+        "recorded by torch.jit.trace or torch.export, or under forward-mode AD and torch.func's "
+        "grad/jvp transforms: plain ATen calls, autograd's gradient"
     )
