@@ -24,6 +24,13 @@ from glu_kernels._validate import resolve_activation
 __all__ = ["GatedLinearUnit"]
 
 
+def _int8_only(mode: Any) -> NotImplementedError:
+    # Model.quantize turns this into a warning and leaves the layer in floating point
+    return NotImplementedError(
+        f"GatedLinearUnit quantizes to mode='int8' only. Received: mode={mode!r}"
+    )
+
+
 def _check_units(units: Any) -> None:
     # KMR's exact check and message (bool is refused too: ``units=True`` is never meant).
     if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
@@ -139,6 +146,8 @@ class GatedLinearUnit(keras.layers.Layer):
                 f"Received: input_shape={tuple(input_shape)}"
             )
         kernel_shape = (input_dim, 2, self.units)
+        if self.quantization_mode not in (None, "int8"):  # e.g. dtype="int4_from_float32"
+            raise _int8_only(self.quantization_mode)
         if self.quantization_mode is not None:  # a quantized model being loaded
             self.quantized_build(kernel_shape, self.quantization_mode, self.quantization_config)
         else:
@@ -244,10 +253,7 @@ class GatedLinearUnit(keras.layers.Layer):
                 # Keras' dtype_policy setter applies the policy, then calls quantize: undo it, so
                 # the layer stays what it was, in floating point
                 self.dtype_policy = self.dtype_policy.name.split("_from_", 1)[1]
-            raise self._not_implemented_error(
-                self.quantize,
-                f"GatedLinearUnit quantizes to mode='int8' only. Received: mode={mode!r}",
-            )
+            raise _int8_only(mode)
         weight_quantizer = quantizers.QuantizationConfig.weight_quantizer_or_default(
             config, quantizers.AbsMaxQuantizer(axis=0)
         )

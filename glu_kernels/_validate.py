@@ -101,7 +101,7 @@ def check(
     Raises ValueError or TypeError naming the inputs.
     """
     act = resolve_activation(activation)
-    if save not in SAVE_MODES:
+    if not isinstance(save, str) or save not in SAVE_MODES:
         raise ValueError(
             f"save must be one of {', '.join(map(repr, SAVE_MODES))}. Received: save={save!r}"
         )
@@ -170,19 +170,31 @@ def _check_dtypes(x_dtype: str, w_dtype: str, b_dtype: str | None) -> None:
 
 # Sparse and ragged types of the supported frameworks: not dense arrays, so not taken (by name,
 # so that nothing here imports a framework).
-SPARSE_OR_RAGGED = frozenset({"RaggedTensor", "SparseTensor", "IndexedSlices", "BCOO", "BCSR"})
+SPARSE_OR_RAGGED = frozenset(
+    {"RaggedTensor", "SparseTensor", "IndexedSlices", "BCOO", "BCSR", "MaskedArray"}
+)
+
+
+_NOT_DENSE_HINT = (
+    " (sparse, ragged, nested and masked arrays are not dense arrays: convert first, e.g. "
+    "tf.sparse.to_dense, RaggedTensor.to_tensor(), BCOO.todense(), torch's .to_dense() or "
+    ".to_padded_tensor(0), a masked array's .filled(0))"
+)
 
 
 def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeError:
-    hint = ""
-    if type(value).__name__ in SPARSE_OR_RAGGED:
-        hint = (
-            " (sparse and ragged tensors are not dense arrays: convert first, e.g. "
-            "tf.sparse.to_dense, RaggedTensor.to_tensor(), BCOO.todense())"
-        )
+    kind, hint = _type_name(type(value)), ""
+    if kind.startswith("torch.") and getattr(value, "is_nested", False):
+        kind, hint = f"{kind} (nested)", _NOT_DENSE_HINT
+    elif kind.startswith("torch.") and str(getattr(value, "layout", "")) != "torch.strided":
+        kind, hint = f"{kind} (layout {value.layout})", _NOT_DENSE_HINT
+    elif type(value).__name__ in SPARSE_OR_RAGGED:
+        hint = _NOT_DENSE_HINT
+    elif kind.startswith("keras."):
+        hint = " (a Keras variable: pass variable.value, the backend's own tensor)"
     return TypeError(
-        f"glu takes arrays of one of these types: {', '.join(supported)}. "
-        f"Received: {arg} of type {_type_name(type(value))}{hint}"
+        f"glu takes dense arrays of one of these types: {', '.join(supported)}. "
+        f"Received: {arg} of type {kind}{hint}"
     )
 
 

@@ -8,6 +8,7 @@ and by a message regex; shape errors must say ``Received:`` with the shapes.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import backend_arrays as ba
@@ -138,6 +139,15 @@ CATALOGUE = [
         kwargs={"save": "outputs"},
     ),
     ErrorInput(
+        "save_mode_not_a_string",
+        (4, 6),
+        (6, 8),
+        None,
+        ValueError,
+        r"save must be one of 'activations', 'input'\. Received: save=array\('input'",
+        kwargs={"save": np.array("input")},
+    ),
+    ErrorInput(
         "int_dtype",
         (4, 6),
         (6, 8),
@@ -255,7 +265,7 @@ def test_unsupported_types_list_the_supported_ones(backend, bad):
         gk.glu(bad, w)
     assert type(info.value) is TypeError
     assert re.search(
-        rf"glu takes arrays of one of these types: {SUPPORTED_TYPES}\. "
+        rf"glu takes dense arrays of one of these types: {SUPPORTED_TYPES}\. "
         rf"Received: x of type builtins\.{type(bad).__name__}",
         str(info.value),
     ), str(info.value)
@@ -285,25 +295,49 @@ def test_activation_names_are_case_insensitive(backend):
     ).all()
 
 
-def _sparse_and_ragged(backend):
+def _not_dense(backend):
+    """(array, the words the message names it by) for each kind of not-dense array of
+    ``backend``."""
     dense = np.ones((2, 2), np.float32)
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return [tf.ragged.constant([[1.0, 2.0], [3.0, 4.0]]), tf.sparse.from_dense(dense)]
+        ragged = tf.ragged.constant([[1.0, 2.0], [3.0, 4.0]])
+        return [(ragged, "RaggedTensor"), (tf.sparse.from_dense(dense), "SparseTensor")]
+    if backend == "torch":
+        import torch
+
+        t = torch.from_numpy(dense)
+        with warnings.catch_warnings():  # "prototype stage", "beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            return [
+                (t.to_sparse(), r"Tensor \(layout torch\.sparse_coo\)"),
+                (t.to_sparse_csr(), r"Tensor \(layout torch\.sparse_csr\)"),
+                (torch.nested.nested_tensor([t, t[:1]]), r"Tensor \(nested\)"),
+                (
+                    torch.nested.nested_tensor([t, t[:1]], layout=torch.jagged),
+                    r"NestedTensor \(nested\)",
+                ),
+            ]
+    if backend == "numpy":
+        return [(np.ma.masked_array(dense, mask=np.eye(2, dtype=bool)), "MaskedArray")]
     from jax.experimental import sparse
 
-    return [sparse.BCOO.fromdense(dense)]
+    return [(sparse.BCOO.fromdense(dense), "BCOO")]
 
 
-@pytest.mark.parametrize("backend", [b for b in ("tensorflow", "jax") if ba.installed(b)])
-def test_sparse_and_ragged_tensors_are_refused_with_a_hint(backend):
+@pytest.mark.parametrize("backend", ba.backend_params())
+def test_not_dense_arrays_are_refused_with_a_hint(backend):
+    """Sparse, ragged, nested and masked arrays: refused by name, never computed on (a masked
+    array's mask was ignored; torch's sparse and nested tensors failed inside torch)."""
     w = ba.to_backend(backend, np.ones((2, 4)), "float32")
-    for bad in _sparse_and_ragged(backend):
-        with pytest.raises(TypeError) as info:
-            gk.glu(bad, w)
-        assert re.search(
-            rf"{SUPPORTED_TYPES}\. Received: x of type \S+\.{type(bad).__name__} \(sparse and "
-            r"ragged tensors are not dense arrays: convert first",
-            str(info.value),
-        ), str(info.value)
+    x = ba.to_backend(backend, np.ones((3, 2)), "float32")
+    for bad, name in _not_dense(backend):
+        for args, arg in (((bad, w), "x"), ((x, bad), "w")):
+            with pytest.raises(TypeError) as info:
+                gk.glu(*args)
+            assert re.search(
+                rf"{SUPPORTED_TYPES}\. Received: {arg} of type \S*{name} \(sparse, ragged, "
+                r"nested and masked arrays are not dense arrays: convert first",
+                str(info.value),
+            ), str(info.value)

@@ -542,7 +542,7 @@ def implementation(spec: GluSpec) -> str:
     return (
         f"torch.addmm on the packed (D, 2U) weight, then {epilogue}; "
         "when a gradient is needed, an autograd.Function with the recompute backward "
-        "(the custom op glu_kernels::glu under torch.compile and torch.func); "
+        "(the custom op glu_kernels::glu under torch.compile and torch.func.vmap); "
         "recorded by torch.jit.trace or torch.export, or under forward-mode AD and torch.func's "
         "grad/jvp transforms: plain ATen calls, autograd's gradient"
     )

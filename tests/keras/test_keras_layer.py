@@ -404,3 +404,14 @@ def test_config_round_trip():
 def test_get_config_has_kmr_keys():
     config = GatedLinearUnit(3).get_config()
     assert {"name", "trainable", "dtype", "units"} <= set(config)
+
+
+def test_keras_variables_given_to_glu_are_refused_alike_on_every_backend():
+    """A Keras variable is no array of JAX or torch, and a tf.Variable's subclass under Keras'
+    TensorFlow backend (where it crashed inside the TensorFlow backend): refused with the same
+    words everywhere, with what to pass instead."""
+    x = keras.ops.ones((4, 6))
+    kernel = keras.Variable(np.ones((6, 8), "float32"))
+    with pytest.raises(TypeError, match=r"Received: w of type keras\.\S+ \(a Keras variable: pass"):
+        glu_kernels.glu(x, kernel)
+    assert tuple(glu_kernels.glu(x, kernel.value).shape) == (4, 4)

@@ -258,7 +258,10 @@ def test_setting_an_int8_dtype_policy_quantizes(rng):
 def test_other_modes_are_refused_by_name_and_model_quantize_leaves_the_layer_as_it_was(mode, rng):
     layer = GatedLinearUnit(8)
     layer.build((None, 12))
-    with pytest.raises(NotImplementedError, match=f"mode='int8' only. Received: mode='{mode}'"):
+    with pytest.raises(
+        NotImplementedError,
+        match=rf"^GatedLinearUnit quantizes to mode='int8' only\. Received: mode='{mode}'$",
+    ):
         layer.quantize(mode)
     model = keras.Sequential([keras.Input((12,)), layer])
     with pytest.warns(UserWarning, match=f"Received: mode='{mode}'"):
@@ -283,6 +286,17 @@ def test_other_modes_set_as_a_dtype_policy_leave_the_layer_working_in_floating_p
     kernel, bias = (to_numpy(w) for w in layer.weights)
     np.testing.assert_allclose(to_numpy(layer(x)), numpy_glu(x, kernel, bias), atol=1e-5)
     keras.Sequential([keras.Input((12,)), layer]).save_weights(tmp_path / "float.weights.h5")
+
+
+@pytest.mark.parametrize("policy", ["int4_from_float32", "float8_from_float32"])
+def test_other_quantized_dtype_policies_in_the_constructor_are_refused_by_name(policy):
+    layer = GatedLinearUnit(4, dtype=policy)
+    mode = policy.split("_from_")[0]
+    with pytest.raises(
+        NotImplementedError,
+        match=rf"^GatedLinearUnit quantizes to mode='int8' only\. Received: mode='{mode}'$",
+    ):
+        layer(np.ones((2, 6), "float32"))
 
 
 def test_float_config_has_no_quantization_entry():
