@@ -19,6 +19,8 @@ Shape = tuple[int | None, ...]
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 HALF_DTYPES = ("float16", "bfloat16")
 SAVE_MODES = ("activations", "input")
+# Also checked at run time where x's last dimension is unknown until then (TensorFlow graphs).
+FEATURES_MISMATCH = "x's last dimension must equal w's first dimension (D, the input features)."
 
 
 @dataclass(frozen=True)
@@ -132,9 +134,7 @@ def check(
     else:
         raise ValueError(f"w must have shape (D, 2U) or (D, 2, U). {received}")
     if x_shape[-1] is not None and x_shape[-1] != features:
-        raise ValueError(
-            f"x's last dimension must equal w's first dimension (D, the input features). {received}"
-        )
+        raise ValueError(f"{FEATURES_MISMATCH} {received}")
     if b_shape is not None and tuple(b_shape) not in ((2 * units,), (2, units)):
         raise ValueError(
             f"b must have shape (2U,) = ({2 * units},) or (2, U) = (2, {units}), or be None. "

@@ -154,3 +154,25 @@ def test_tensorflow_saved_model_round_trip(tmp_path):
     want = _gradients(original, [original.w, original.b], x)
     for g_, w_ in zip(got, want, strict=True):
         np.testing.assert_allclose(g_, w_, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rank", [2, 3])
+def test_tf_function_with_unknown_features_checks_them_at_run_time(rank):
+    """x's last dimension unknown at trace time: checked when the graph runs, with glu's words
+    (was MatMul's or Reshape's internal error); the right size still computes the right values."""
+    w = tf.constant(np.random.default_rng(0).normal(size=(D, 2 * U)), tf.float32)
+    f = tf.function(
+        lambda x: gk.glu(x, w), input_signature=[tf.TensorSpec([None] * rank, tf.float32)]
+    )
+    good = np.random.default_rng(1).normal(size=(2,) * (rank - 1) + (D,)).astype("float32")
+    np.testing.assert_allclose(
+        f(good).numpy(), glu_reference(good, w.numpy()), rtol=1e-5, atol=1e-6
+    )
+    bad = np.ones((2,) * (rank - 1) + (D + 1,), "float32")
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"x\\?'s last dimension must equal w\\?'s first dimension "
+        r"\(D, the input features\)\. "
+        r"Received: x\.shape=\(None, None(, None)?\) \(traced\), w\.shape=\(8, 12\)",
+    ):
+        f(bad)

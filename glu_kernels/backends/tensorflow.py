@@ -12,7 +12,7 @@ from functools import cache, lru_cache
 import tensorflow as tf
 
 from glu_kernels._activations import Activation, epilogue_backward
-from glu_kernels._validate import GluSpec
+from glu_kernels._validate import FEATURES_MISMATCH, GluSpec
 
 NAME = "tensorflow"
 
@@ -177,9 +177,20 @@ def _glu2(x2, w2, b2, spec: GluSpec):
     return glu2(x2, w2) if b2 is None else glu2(x2, w2, b2)
 
 
+def _checked_features(x, d: int, w_shape):
+    """x, checked at run time to end in D where its last dimension was unknown at trace time (a
+    ``tf.function`` signature of ``None`` dims): glu's words instead of MatMul's."""
+    message = f"{FEATURES_MISMATCH} Received: x.shape={tuple(x.shape)} (traced), w.shape={w_shape}"
+    check = tf.debugging.assert_equal(tf.shape(x)[-1], d, message=message)
+    with tf.control_dependencies([check]):
+        return tf.ensure_shape(tf.identity(x), [*x.shape[:-1], d])
+
+
 def glu(x, w, b, spec: GluSpec):
     d, u = spec.features, spec.units
     x = tf.convert_to_tensor(x)
+    if x.shape[-1] is None:
+        x = _checked_features(x, d, tuple(w.shape))
     # Reshape only what is not 2-D already: each eager reshape is one more op dispatch.
     x2 = x if x.shape.rank == 2 else tf.reshape(x, [-1, d])
     w2 = tf.convert_to_tensor(w)
