@@ -147,16 +147,23 @@ def explain(
     """
     backend, spec = _prepare(x, w, b, activation, save)
     t = type(x)
+    elementwise = "epilogue and backward elementwise pass" if backend.DIFFERENTIABLE else "epilogue"
     precision = (
         f"{spec.dtype} in and out; matmul accumulates in float32, h rounded once to {spec.dtype}, "
-        f"epilogue and backward elementwise pass in float32, rounded once"
+        f"{elementwise} in float32, rounded once"
         if spec.compute_dtype != spec.dtype
         else f"{spec.dtype} throughout"
     )
+    if spec.compute_dtype != spec.dtype and spec.has_bias and backend.ROUNDS_MATMUL_BEFORE_BIAS:
+        precision = precision.replace(
+            "h rounded once", "x @ w rounded, the bias added in float32 and h rounded"
+        )
     saved = {
         "activations": "x, w and the pre-activation h (..., 2U)",
         "input": "x, w and b only; h is recomputed in backward (one more GEMM)",
     }[spec.save]
+    if not backend.DIFFERENTIABLE:
+        saved = "nothing (forward only)"
     weight = "(D, 2U)" if spec.weight_rank == 2 else "(D, 2, U)"
     return "\n".join(
         [

@@ -79,7 +79,13 @@ def test_explain(backend, activation, variant):
                 assert lines["precision"] == "float32 throughout"
             else:
                 assert dtype in lines["precision"] and "float32" in lines["precision"]
-            if save == "activations":
+                # what each backend does with the bias and whether it has a backward at all
+                rounded_first = "x @ w rounded, the bias added in float32" in lines["precision"]
+                assert rounded_first == (backend == "tensorflow")
+                assert ("backward" in lines["precision"]) == (backend != "numpy")
+            if backend == "numpy":
+                assert lines["saved for backward"] == "nothing (forward only)"
+            elif save == "activations":
                 assert "pre-activation h" in lines["saved for backward"]
             else:
                 assert "recomputed" in lines["saved for backward"]

@@ -16,6 +16,8 @@ from glu_kernels._activations import ACTIVATIONS, epilogue_backward
 from glu_kernels._validate import GluSpec, numpy_dtype_name
 
 NAME = "jax"
+DIFFERENTIABLE = True
+ROUNDS_MATMUL_BEFORE_BIAS = False
 
 
 def shape(t: jax.Array) -> tuple[int, ...]:

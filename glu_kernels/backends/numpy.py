@@ -14,6 +14,8 @@ from glu_kernels._activations import ACTIVATIONS
 from glu_kernels._validate import GluSpec, numpy_dtype_name
 
 NAME = "numpy"
+DIFFERENTIABLE = False  # NumPy has no automatic differentiation: forward only
+ROUNDS_MATMUL_BEFORE_BIAS = False
 
 _erfc_per_element = np.frompyfunc(math.erfc, 1, 1)
 

@@ -15,6 +15,9 @@ from glu_kernels._activations import Activation, epilogue_backward
 from glu_kernels._validate import FEATURES_MISMATCH, GluSpec
 
 NAME = "tensorflow"
+DIFFERENTIABLE = True
+# a 16-bit matmul cannot return float32 here: x @ w is rounded, then the bias added in float32
+ROUNDS_MATMUL_BEFORE_BIAS = True
 
 
 def shape(t) -> tuple[int | None, ...]:

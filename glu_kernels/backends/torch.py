@@ -27,6 +27,8 @@ from glu_kernels._activations import ACTIVATIONS, epilogue_backward
 from glu_kernels._validate import GluSpec
 
 NAME = "torch"
+DIFFERENTIABLE = True
+ROUNDS_MATMUL_BEFORE_BIAS = False
 
 _DTYPE_NAMES = {
     torch.float16: "float16",
