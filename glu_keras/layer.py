@@ -176,6 +176,8 @@ class GatedLinearUnit(keras.layers.Layer):
     def _dense_input(self, inputs: Any) -> Any:
         # sparse inputs are densified, integer inputs cast, as Dense takes them
         x = ops.convert_to_tensor(inputs, sparse=False)
+        if keras.backend.backend() == "torch" and str(x.layout) != "torch.strided":
+            x = x.to_dense()  # Keras' torch backend leaves torch's sparse tensors sparse
         if keras.backend.standardize_dtype(x.dtype) != self.compute_dtype:
             x = ops.cast(x, self.compute_dtype)
         return x
