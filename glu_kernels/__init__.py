@@ -111,8 +111,14 @@ def glu(
         a, g = np.split(h, 2, axis=-1)
         out = a * act(g)
     """
-    backend, spec = _prepare(x, w, b, activation, save)
-    return backend.glu(x, w, b, spec)
+    try:
+        backend, spec = _prepare(x, w, b, activation, save)
+        return backend.glu(x, w, b, spec)
+    except RuntimeError as error:
+        # a torch tensor that is not dense (sparse, nested) fails inside torch: say so in glu's
+        # words; checked here, after the failure, as on every call it would cost ~0.3 us
+        _dispatch.refuse_not_dense(x, w, b, error)
+        raise
 
 
 def _variant(activation: str, variant: str):
@@ -145,7 +151,11 @@ def explain(
         >>> print(gk.explain(np.ones((8, 4)), np.ones((4, 6))).splitlines()[0])
         backend: numpy (x is numpy.ndarray)
     """
-    backend, spec = _prepare(x, w, b, activation, save)
+    try:
+        backend, spec = _prepare(x, w, b, activation, save)
+    except RuntimeError as error:
+        _dispatch.refuse_not_dense(x, w, b, error)
+        raise
     t = type(x)
     elementwise = "epilogue and backward elementwise pass" if backend.DIFFERENTIABLE else "epilogue"
     precision = (
@@ -156,7 +166,8 @@ def explain(
     )
     if spec.compute_dtype != spec.dtype and spec.has_bias and backend.ROUNDS_MATMUL_BEFORE_BIAS:
         precision = precision.replace(
-            "h rounded once", "x @ w rounded, the bias added in float32 and h rounded"
+            f"h rounded once to {spec.dtype}",
+            f"x @ w rounded once to {spec.dtype}, the bias added in float32",
         )
     saved = {
         "activations": "x, w and the pre-activation h (..., 2U)",

@@ -32,7 +32,8 @@ _SUPPORTED = tuple(kind for _, _, kind in REGISTRY.values())
 def backend_name_of_type(t: type) -> str | None:
     """The registered backend whose framework defines ``t`` (or a base class of it), else None
     (also for a framework's sparse and ragged types)."""
-    if t.__name__ in _validate.SPARSE_OR_RAGGED or t.__module__.startswith("keras."):
+    not_dense = any(k.__name__ in _validate.SPARSE_OR_RAGGED for k in t.__mro__)
+    if not_dense or t.__module__.startswith("keras."):
         # not dense arrays; and Keras variables (a tf.Variable's subclass under Keras' TensorFlow
         # backend, but no array of JAX or torch): refused alike on every backend, with a hint
         return None
@@ -66,14 +67,18 @@ def _all_torch(tensor: type, x: object, w: object, b: object | None) -> bool:
     return isinstance(x, tensor) and isinstance(w, tensor) and (b is None or isinstance(b, tensor))
 
 
-def _all_dense_torch(strided: object, x: Any, w: Any, b: Any) -> bool:
-    # sparse, mkldnn and jagged tensors have other layouts; a strided nested tensor says is_nested
-    return (
-        x.layout is strided
-        and w.layout is strided
-        and (b is None or b.layout is strided)
-        and not (x.is_nested or w.is_nested)
-    )
+def refuse_not_dense(x: Any, w: Any, b: Any, error: Exception) -> None:
+    """Raises glu's TypeError, from ``error``, if one of x, w, b is a torch tensor that is not
+    dense (sparse, mkldnn and jagged tensors have other layouts; a strided nested tensor says
+    is_nested); returns otherwise."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    for arg, value in (("x", x), ("w", w), ("b", b)):
+        if isinstance(value, torch.Tensor) and (
+            value.layout is not torch.strided or value.is_nested
+        ):
+            raise _validate.unsupported_type(arg, value, _SUPPORTED) from error
 
 
 def backend_of(x: object, w: object, b: object | None) -> ModuleType:
@@ -82,11 +87,7 @@ def backend_of(x: object, w: object, b: object | None) -> ModuleType:
     if torch is not None and _all_torch(torch.Tensor, x, w, b):
         # torch.compile traces this function: isinstance it can, a walk over the __mro__ of a
         # tensor subclass (nn.Parameter, as Keras' torch backend passes) it cannot
-        if _all_dense_torch(torch.strided, x, w, b):
-            return backend("torch")
-        for arg, value in (("x", x), ("w", w), ("b", b)):
-            if value is not None and not _all_dense_torch(torch.strided, value, value, None):
-                raise _validate.unsupported_type(arg, value, _SUPPORTED)
+        return backend("torch")
     name = backend_name_of_type(type(x))
     if (
         name is not None

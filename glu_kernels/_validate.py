@@ -188,9 +188,9 @@ def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeE
         kind, hint = f"{kind} (nested)", _NOT_DENSE_HINT
     elif kind.startswith("torch.") and str(getattr(value, "layout", "")) != "torch.strided":
         kind, hint = f"{kind} (layout {value.layout})", _NOT_DENSE_HINT
-    elif type(value).__name__ in SPARSE_OR_RAGGED:
+    elif any(k.__name__ in SPARSE_OR_RAGGED for k in type(value).__mro__):
         hint = _NOT_DENSE_HINT
-    elif kind.startswith("keras."):
+    elif kind.startswith("keras.") and "Variable" in type(value).__name__:
         hint = " (a Keras variable: pass variable.value, the backend's own tensor)"
     return TypeError(
         f"glu takes dense arrays of one of these types: {', '.join(supported)}. "

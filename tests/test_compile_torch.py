@@ -397,7 +397,9 @@ def _f64_inputs():
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap of glu's jvp
-@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "jacfwd", "hessian", "vmap_grad"])
+@pytest.mark.parametrize(
+    "transform", ["grad", "jacrev", "jvp", "jacfwd", "hessian", "vmap_grad", "grad_vmap"]
+)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_torch_func_transforms_match_the_unfused_formula(transform, activation):
     x, w, b = _f64_inputs()
@@ -414,7 +416,10 @@ def test_torch_func_transforms_match_the_unfused_formula(transform, activation):
             return torch.func.jacfwd(lambda x_: fn(x_, w, b))(x)
         if transform == "hessian":
             return torch.func.hessian(lambda x_: fn(x_, w, b).square().sum())(x[0])
-        return torch.func.vmap(torch.func.grad(lambda xi: fn(xi, w, b).sum()))(x)
+        if transform == "vmap_grad":
+            return torch.func.vmap(torch.func.grad(lambda xi: fn(xi, w, b).sum()))(x)
+        # grad over vmap: the grad transform is below the top of the interpreter stack
+        return torch.func.grad(lambda w_: torch.func.vmap(lambda xi: fn(xi, w_, b))(x).sum())(w)
 
     got = derivative(lambda *a: gk.glu(*a, activation=activation))
     want = derivative(lambda *a: _unfused(*a, activation))
@@ -435,6 +440,28 @@ def test_torch_forward_ad_dual_tensors_carry_tangents(requires_grad):
         dual = fwad.make_dual(x.clone().requires_grad_(requires_grad), tangent)
         got = fwad.unpack_dual(gk.glu(dual, w, b, activation="silu")).tangent
     _, want = torch.func.jvp(lambda x_: _unfused(x_, w, b, "silu"), (x,), (tangent,))
+    torch.testing.assert_close(got, want, **F64)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "grad", "jvp", "vmap_grad"])
+def test_torch_func_transforms_compile_fullgraph(transform):
+    """torch.compile(fullgraph=True) around torch.func transforms of glu: no graph break (the
+    transform check is taken at trace time)."""
+    x, w, b = _f64_inputs()
+    tangent = torch.ones_like(x)
+
+    def program(fn):
+        if transform == "vmap":
+            return torch.func.vmap(lambda xi: fn(xi, w, b))(x)
+        if transform == "grad":
+            return torch.func.grad(lambda w_: fn(x, w_, b).sum())(w)
+        if transform == "jvp":
+            return torch.func.jvp(lambda x_: fn(x_, w, b), (x,), (tangent,))[1]
+        return torch.func.vmap(torch.func.grad(lambda xi: fn(xi, w, b).sum()))(x)
+
+    torch._dynamo.reset()
+    got = torch.compile(lambda: program(gk.glu), fullgraph=True, backend="aot_eager")()
+    want = program(lambda *a: _unfused(*a, "sigmoid"))
     torch.testing.assert_close(got, want, **F64)
 
 

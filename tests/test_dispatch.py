@@ -80,7 +80,7 @@ def test_explain(backend, activation, variant):
             else:
                 assert dtype in lines["precision"] and "float32" in lines["precision"]
                 # what each backend does with the bias and whether it has a backward at all
-                rounded_first = "x @ w rounded, the bias added in float32" in lines["precision"]
+                rounded_first = "x @ w rounded once to" in lines["precision"]
                 assert rounded_first == (backend == "tensorflow")
                 assert ("backward" in lines["precision"]) == (backend != "numpy")
             if backend == "numpy":

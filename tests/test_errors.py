@@ -296,48 +296,71 @@ def test_activation_names_are_case_insensitive(backend):
 
 
 def _not_dense(backend):
-    """(array, the words the message names it by) for each kind of not-dense array of
-    ``backend``."""
+    """(the call's arguments, which argument is not dense, the words the message names it by)."""
     dense = np.ones((2, 2), np.float32)
+    x = ba.to_backend(backend, np.ones((3, 2)), "float32")
+    w = ba.to_backend(backend, np.ones((2, 4)), "float32")
     if backend == "tensorflow":
         import tensorflow as tf
 
         ragged = tf.ragged.constant([[1.0, 2.0], [3.0, 4.0]])
-        return [(ragged, "RaggedTensor"), (tf.sparse.from_dense(dense), "SparseTensor")]
+        sparse = tf.sparse.from_dense(dense)
+        return [((ragged, w), "x", "RaggedTensor"), ((sparse, w), "x", "SparseTensor")]
     if backend == "torch":
         import torch
 
         t = torch.from_numpy(dense)
-        with warnings.catch_warnings():  # "prototype stage", "beta state"
+        with warnings.catch_warnings():  # "prototype stage"
             warnings.simplefilter("ignore", UserWarning)
-            return [
-                (t.to_sparse(), r"Tensor \(layout torch\.sparse_coo\)"),
-                (t.to_sparse_csr(), r"Tensor \(layout torch\.sparse_csr\)"),
-                (torch.nested.nested_tensor([t, t[:1]]), r"Tensor \(nested\)"),
-                (
-                    torch.nested.nested_tensor([t, t[:1]], layout=torch.jagged),
-                    r"NestedTensor \(nested\)",
-                ),
-            ]
+            nested = torch.nested.nested_tensor([t, t[:1]])
+            jagged = torch.nested.nested_tensor([t, t[:1]], layout=torch.jagged)
+        coo = r"Tensor \(layout torch\.sparse_coo\)"
+        return [
+            ((nested, w), "x", r"Tensor \(nested\)"),
+            ((jagged, w), "x", r"NestedTensor \(nested\)"),
+            ((x, torch.ones(2, 4).to_sparse(), torch.ones(4)), "w", coo),
+            ((x, w, torch.ones(4).to_sparse()), "b", coo),
+            ((t.reshape(1, 2, 2).to_sparse(), w), "x", coo),
+            ((t.to_mkldnn(), w), "x", r"Tensor \(layout torch\._mkldnn\)"),
+        ]
     if backend == "numpy":
-        return [(np.ma.masked_array(dense, mask=np.eye(2, dtype=bool)), "MaskedArray")]
+
+        class Masked(np.ma.MaskedArray):  # a subclass is a masked array too
+            pass
+
+        masked = np.ma.masked_array(dense, mask=np.eye(2, dtype=bool))
+        return [((masked, w), "x", "MaskedArray"), ((masked.view(Masked), w), "x", "Masked")]
     from jax.experimental import sparse
 
-    return [(sparse.BCOO.fromdense(dense), "BCOO")]
+    return [((sparse.BCOO.fromdense(dense), w), "x", "BCOO")]
 
 
 @pytest.mark.parametrize("backend", ba.backend_params())
 def test_not_dense_arrays_are_refused_with_a_hint(backend):
-    """Sparse, ragged, nested and masked arrays: refused by name, never computed on (a masked
-    array's mask was ignored; torch's sparse and nested tensors failed inside torch)."""
-    w = ba.to_backend(backend, np.ones((2, 4)), "float32")
-    x = ba.to_backend(backend, np.ones((3, 2)), "float32")
-    for bad, name in _not_dense(backend):
-        for args, arg in (((bad, w), "x"), ((x, bad), "w")):
-            with pytest.raises(TypeError) as info:
-                gk.glu(*args)
-            assert re.search(
-                rf"{SUPPORTED_TYPES}\. Received: {arg} of type \S*{name} \(sparse, ragged, "
-                r"nested and masked arrays are not dense arrays: convert first",
-                str(info.value),
-            ), str(info.value)
+    """Sparse, ragged, nested and masked arrays: refused by name, never computed on wrongly (a
+    masked array's mask was ignored; torch's nested tensors and most sparse ones failed inside
+    torch: diagnosed after that failure, so that dense calls pay nothing for it)."""
+    for args, arg, name in _not_dense(backend):
+        with pytest.raises(TypeError) as info:
+            gk.glu(*args)
+        assert re.search(
+            rf"{SUPPORTED_TYPES}\. Received: {arg} of type \S*{name} \(sparse, ragged, "
+            r"nested and masked arrays are not dense arrays: convert first",
+            str(info.value),
+        ), str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr"])
+def test_torch_two_dimensional_sparse_x_computes_what_dense_x_does(layout):
+    """torch's addmm takes a 2-D sparse first operand: glu lets it (values and gradients)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(3, 4)).astype("float32"))
+    w = torch.from_numpy(rng.normal(size=(4, 6)).astype("float32")).requires_grad_()
+    sparse = x.to_sparse() if layout == "sparse_coo" else x.to_sparse_csr()
+    out = gk.glu(sparse, w, activation="silu")
+    want = gk.glu(x, w, activation="silu")
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(
+        torch.autograd.grad(out.sum(), w)[0], torch.autograd.grad(want.sum(), w)[0]
+    )

@@ -47,6 +47,9 @@ _DIFFERENTIATING = frozenset(
 )
 
 
+# torch.compile cannot trace the interpreter stack: it takes the answer at trace time (a transform
+# is part of the traced program) instead of a graph break
+@getattr(torch.compiler, "assume_constant_result", lambda f: f)
 def _functorch_differentiates() -> bool:
     """Whether a ``torch.func`` transform that differentiates (grad, vjp, jacrev, jvp, jacfwd,
     hessian) is active, possibly under vmap. The custom op's autograd formula serves none of them:
