@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -149,23 +150,29 @@ def _preactivation(x2: Tensor, w2: Tensor, b: Tensor | None) -> Tensor:
 _BLOCK_BYTES = 1 << 20
 
 
-def _row_blocks(h: Tensor) -> list[slice]:
+def _row_blocks(h: Tensor) -> Sequence[slice]:
     """Slices of the rows of the 2-D ``h``, each about ``_BLOCK_BYTES`` of float32, on the CPU;
     elsewhere one block (a GPU pays a kernel launch per op and block, and gains nothing)."""
     if not h.is_cpu or torch.compiler.is_compiling():  # traced: the compiler fuses the pass
-        return [slice(None)]
-    step = max(8, _BLOCK_BYTES // max(1, 4 * h.shape[1]))
-    return [slice(r, r + step) for r in range(0, h.shape[0], step)]
+        return _WHOLE
+    rows, step = h.shape[0], max(8, _BLOCK_BYTES // max(1, 4 * h.shape[1]))
+    return _WHOLE if rows <= step else [slice(r, r + step) for r in range(0, rows, step)]
+
+
+_WHOLE = (slice(None),)
 
 
 def _epilogue(h: Tensor, activation: str) -> Tensor:
     """``a * f(g)`` for ``h = [a | g]``; 16-bit inputs are computed in float32 and rounded once."""
     if activation == "sigmoid":
         return F.glu(h, dim=-1)  # one fused pass; ATen computes 16-bit inputs in float32
+    half = _is_half(h)
+    blocks = _row_blocks(h)
+    if len(blocks) == 1:
+        return _whole_epilogue(h, activation, half)
     units = h.shape[1] // 2
     out = h.new_empty(h.shape[0], units)
-    half = _is_half(h)
-    for rows in _row_blocks(h):
+    for rows in blocks:
         hb = _float32_scratch(h[rows])[0] if half else h[rows]
         a, g = hb[:, :units], hb[:, units:]
         if half and activation in _FORWARD_INPLACE:  # g is our float32 copy: nothing else reads it
@@ -174,6 +181,20 @@ def _epilogue(h: Tensor, activation: str) -> Tensor:
             f = _activate(g, activation) if activation != "linear" else g
         torch.mul(a, f, out=out[rows])  # float32 math, rounded once into a 16-bit out
     return out
+
+
+def _whole_epilogue(h: Tensor, activation: str, half: bool) -> Tensor:
+    """``_epilogue`` of one block, on whole tensors: no views per block, no ``out=`` writes, the
+    product taken in place in the fresh f(g) (a small call's time is its ops: SwiGLU at 32x16->8
+    took ~2.5x the time through the blocked loop). Same bits: a * f is f * a."""
+    a, g = (h.float() if half else h).chunk(2, dim=-1)
+    if activation == "linear":
+        product = a * g
+    elif half and activation in _FORWARD_INPLACE:  # g is our float32 copy: nothing else reads it
+        product = _FORWARD_INPLACE[activation](g).mul_(a)
+    else:
+        product = _activate(g, activation).mul_(a)
+    return product.to(h.dtype) if half else product
 
 
 # The same kernels in place, for f(g) over a scratch copy: no fresh f per block (bfloat16 epilogues
@@ -229,12 +250,11 @@ def _grad_preactivation_fast(
         return dh, (dh.sum(0, dtype=torch.float32).to(h.dtype) if bias_grad else None)
     blocks = _row_blocks(h)
     if len(blocks) == 1:  # whole tensors: no views, no preallocated dh (a small call's time is ops)
-        if half:
-            block = _grad_block(*_float32_scratch(dy, h), activation, None)
-            dh = block.to(h.dtype)
-        else:
-            dh = block = _grad_block(dy, h, activation, None)
-        return dh, (block.sum(0).to(h.dtype) if bias_grad else None)
+        if not half:
+            dh = _grad_block(dy, h, activation, None)
+            return dh, (dh.sum(0) if bias_grad else None)
+        block = _grad_block(*_float32_scratch(dy, h), activation, None)
+        return block.to(h.dtype), (block.sum(0).to(h.dtype) if bias_grad else None)
     dh = torch.empty_like(h)
     db = h.new_zeros(h.shape[1], dtype=torch.float32 if half else h.dtype) if bias_grad else None
     for rows in blocks:
