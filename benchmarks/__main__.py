@@ -14,9 +14,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import glu_kernels
 from benchmarks import keras_step, machine, readme, report
 from benchmarks.cases import BACKENDS, DEVICE_BACKENDS, SHAPES, gpu_index, plan
 from benchmarks.timing import measure
+from glu_kernels._validate import resolve_activation
 
 HERE = Path(__file__).parent
 CASE_MODULES = {
@@ -26,6 +28,14 @@ CASE_MODULES = {
     "numpy": "numpy_cases",
 }
 MEMORY_BACKENDS = ("torch", "jax")  # TensorFlow exposes no per-op saved-tensor accounting
+
+
+def _activation(name: str) -> str:
+    """The canonical name of an activation or alias ("swish" -> "silu"), as argparse's type."""
+    try:
+        return resolve_activation(name).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _args(argv=None):
@@ -41,7 +51,10 @@ def _args(argv=None):
     p.add_argument("--shapes", default=None, help=f"comma-separated subset of {','.join(SHAPES)}")
     p.add_argument("--dtypes", default=None, help="comma-separated subset of float32,bfloat16")
     p.add_argument(
-        "--activation", default="sigmoid", help="gate activation timed (default: sigmoid)"
+        "--activation",
+        default="sigmoid",
+        type=_activation,
+        help=f"gate activation timed: {', '.join(glu_kernels.ACTIVATIONS)} (default: sigmoid)",
     )
     p.add_argument(
         "--device",

@@ -16,6 +16,7 @@ _ACT = {
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
     "gelu": lambda g: jax.nn.gelu(g, approximate=False),
+    "gelu_tanh": lambda g: jax.nn.gelu(g, approximate=True),
     "linear": lambda g: g,
 }
 

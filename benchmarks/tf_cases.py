@@ -16,6 +16,7 @@ _ACT = {
     "silu": tf.nn.silu,
     "relu": tf.nn.relu,
     "gelu": lambda g: tf.nn.gelu(g, approximate=False),
+    "gelu_tanh": lambda g: tf.nn.gelu(g, approximate=True),
     "linear": lambda g: g,
 }
 

@@ -21,6 +21,7 @@ _ACT = {
     "silu": F.silu,
     "relu": torch.relu,
     "gelu": F.gelu,
+    "gelu_tanh": lambda g: F.gelu(g, approximate="tanh"),
     "linear": lambda g: g,
 }
 

@@ -15,6 +15,7 @@ from glu_kernels._dispatch import available_backends
 
 __all__ = [
     "glu",
+    "gated",
     "swiglu",
     "geglu",
     "reglu",
@@ -30,6 +31,23 @@ ACTIVATIONS: tuple[str, ...] = tuple(_activations.ACTIVATIONS)
 Array = TypeVar("Array")
 
 _check = lru_cache(maxsize=4096)(_validate.check)
+_check_gated = lru_cache(maxsize=1024)(_validate.check_gated)
+
+
+def _validated(cached, check, key: tuple):
+    """``check(*key)``, through its lru_cache ``cached`` where the key hashes."""
+    # No explicit hash(key): under torch.compile, hashing a symbolic size specializes it (one
+    # recompile per batch size); Dynamo skips the lru_cache wrapper and traces check itself.
+    try:
+        return cached(*key)
+    except TypeError:
+        try:
+            hash(key)
+        except TypeError:  # an unhashable argument, e.g. a list as activation: validate uncached
+            pass
+        else:
+            raise  # check's own TypeError (dtypes)
+    return check(*key)
 
 
 def _prepare(x: Any, w: Any, b: Any, activation: str, save: str):
@@ -44,18 +62,7 @@ def _prepare(x: Any, w: Any, b: Any, activation: str, save: str):
         activation,
         save,
     )
-    # No explicit hash(key): under torch.compile, hashing a symbolic size specializes it (one
-    # recompile per batch size); Dynamo skips the lru_cache wrapper and traces check itself.
-    try:
-        return backend, _check(*key)
-    except TypeError:
-        try:
-            hash(key)
-        except TypeError:  # an unhashable argument, e.g. a list as activation: validate uncached
-            pass
-        else:
-            raise  # check's own TypeError (dtypes)
-    return backend, _validate.check(*key)
+    return backend, _validated(_check, _validate.check, key)
 
 
 def glu(
@@ -117,7 +124,48 @@ def glu(
     except RuntimeError as error:
         # a torch tensor that is not dense (sparse, nested) fails inside torch: say so in glu's
         # words; checked here, after the failure, as on every call it would cost ~0.3 us
-        _dispatch.refuse_not_dense(x, w, b, error)
+        _dispatch.refuse_not_dense(error, "glu", x=x, w=w, b=b)
+        raise
+
+
+def gated(h: Array, *, activation: str = "sigmoid") -> Array:
+    """The gated epilogue alone: ``a * act(g)`` where ``[a | g] = h``, for a pre-activation h
+    computed by the caller's own matmul (quantized, LoRA, tensor-parallel, fp8, ...).
+
+    The same fused epilogue and precision as :func:`glu` (16-bit inputs: the activation and the
+    product in float32, rounded once) and the same lean gradient: backward keeps h only and
+    recomputes ``act(g)`` from it (the unfused ``a * act(g)`` keeps a, g and act(g)).
+
+    Args:
+        h: the pre-activation, shape (..., 2U): value half first, gate half second (the order of
+            ``torch.nn.functional.glu`` and ``jax.nn.glu``).
+        activation: as in :func:`glu`: "sigmoid", "silu" (or "swish"), "gelu", "gelu_tanh",
+            "relu", "linear".
+
+    Returns:
+        An array of shape (..., U) and h's dtype, of h's framework.
+
+    Raises:
+        ValueError: an h whose last dimension is odd (or unknown), a 0-d h, an unknown activation.
+        TypeError: a non-float dtype, an unsupported array type.
+
+    Example:
+        >>> import numpy as np, glu_kernels as gk
+        >>> h = np.array([[2.0, 0.0]], np.float32)       # a = 2, g = 0: 2 * sigmoid(0)
+        >>> gk.gated(h)
+        array([[1.]], dtype=float32)
+
+    NumPy equivalent::
+
+        a, g = np.split(h, 2, axis=-1)
+        out = a * act(g)
+    """
+    try:
+        backend = _dispatch.backend_of_array(h, "h", "gated")
+        key = (backend.shape(h), backend.dtype_name(h), activation)
+        return backend.gated(h, _validated(_check_gated, _validate.check_gated, key))
+    except RuntimeError as error:
+        _dispatch.refuse_not_dense(error, "gated", h=h)
         raise
 
 
@@ -154,7 +202,7 @@ def explain(
     try:
         backend, spec = _prepare(x, w, b, activation, save)
     except RuntimeError as error:
-        _dispatch.refuse_not_dense(x, w, b, error)
+        _dispatch.refuse_not_dense(error, "glu", x=x, w=w, b=b)
         raise
     t = type(x)
     elementwise = "epilogue and backward elementwise pass" if backend.DIFFERENTIABLE else "epilogue"

@@ -67,18 +67,18 @@ def _all_torch(tensor: type, x: object, w: object, b: object | None) -> bool:
     return isinstance(x, tensor) and isinstance(w, tensor) and (b is None or isinstance(b, tensor))
 
 
-def refuse_not_dense(x: Any, w: Any, b: Any, error: Exception) -> None:
-    """Raises glu's TypeError, from ``error``, if one of x, w, b is a torch tensor that is not
-    dense (sparse, mkldnn and jagged tensors have other layouts; a strided nested tensor says
-    is_nested); returns otherwise."""
+def refuse_not_dense(error: Exception, op: str, **args: Any) -> None:
+    """Raises the op's TypeError, from ``error``, if one of the named arguments is a torch tensor
+    that is not dense (sparse, mkldnn and jagged tensors have other layouts; a strided nested
+    tensor says is_nested); returns otherwise."""
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    for arg, value in (("x", x), ("w", w), ("b", b)):
+    for arg, value in args.items():
         if isinstance(value, torch.Tensor) and (
             value.layout is not torch.strided or value.is_nested
         ):
-            raise _validate.unsupported_type(arg, value, _SUPPORTED) from error
+            raise _validate.unsupported_type(arg, value, _SUPPORTED, op) from error
 
 
 def backend_of(x: object, w: object, b: object | None) -> ModuleType:
@@ -107,6 +107,18 @@ def backend_of(x: object, w: object, b: object | None) -> ModuleType:
     if len(names) > 1:
         raise _validate.mixed_frameworks(kinds)
     return backend(names.pop())
+
+
+def backend_of_array(value: object, arg: str, op: str) -> ModuleType:
+    """The backend module for a call on one array, ``value`` (named ``arg`` in ``op``'s errors);
+    raises TypeError for an unsupported type."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return backend("torch")
+    name = backend_name_of_type(type(value))
+    if name is None:
+        raise _validate.unsupported_type(arg, value, _SUPPORTED, op)
+    return backend(name)
 
 
 def available_backends() -> list[str]:

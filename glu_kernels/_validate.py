@@ -78,14 +78,16 @@ def resolve_activation(activation: str) -> Activation:
 
 
 class _Received:
-    """``Received: x.shape=..., w.shape=...``, formatted only when an error message uses it: a call
-    traced by torch.compile has symbolic sizes, and formatting those would break the graph."""
+    """``Received: x.shape=..., w.shape=...`` for the named shapes, formatted only when an error
+    message uses it: a call traced by torch.compile has symbolic sizes, and formatting those would
+    break the graph."""
 
-    def __init__(self, x_shape: Shape, w_shape: Shape) -> None:
-        self.x_shape, self.w_shape = x_shape, w_shape
+    def __init__(self, **shapes: Shape) -> None:
+        self.shapes = shapes
 
     def __format__(self, spec: str) -> str:
-        return f"Received: x.shape={_shape(self.x_shape)}, w.shape={_shape(self.w_shape)}"
+        shapes = ", ".join(f"{name}.shape={_shape(s)}" for name, s in self.shapes.items())
+        return f"Received: {shapes}"
 
 
 def check(
@@ -109,7 +111,7 @@ def check(
         )
     _check_dtypes(x_dtype, w_dtype, b_dtype)
 
-    received = _Received(x_shape, w_shape)  # formatted only if an error message is built
+    received = _Received(x=x_shape, w=w_shape)  # formatted only if an error message is built
     if len(x_shape) < 1:
         raise ValueError(f"x must have at least one dimension, shape (..., D). {received}")
     if len(w_shape) == 2:
@@ -152,6 +154,52 @@ def check(
     )
 
 
+@dataclass(frozen=True)
+class GatedSpec:
+    """What a validated ``gated`` call computes.
+
+    Attributes:
+        units: U, the width of the output (half of h's last dimension).
+        activation: the gate activation.
+        dtype: the dtype of h and the output.
+        compute_dtype: the dtype of the elementwise math: float32 for 16-bit inputs.
+    """
+
+    units: int
+    activation: Activation
+    dtype: str
+    compute_dtype: str
+
+
+def check_gated(h_shape: Shape, h_dtype: str, activation: str) -> GatedSpec:
+    """Validates one ``gated`` call and returns its spec.
+
+    Raises ValueError or TypeError naming h.
+    """
+    act = resolve_activation(activation)
+    if h_dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"gated needs a floating-point h ({', '.join(FLOAT_DTYPES)}). "
+            f"Received: h.dtype={h_dtype}"
+        )
+    received = _Received(h=h_shape)
+    if len(h_shape) < 1:
+        raise ValueError(f"h must have at least one dimension, shape (..., 2U). {received}")
+    if h_shape[-1] is None:
+        raise ValueError(f"h's last dimension (2U) must be static. {received}")
+    if h_shape[-1] % 2:
+        raise ValueError(
+            "h's last dimension must be even: it packs [a | g], value and gate halves of width U "
+            f"each, shape (..., 2U). {received}"
+        )
+    return GatedSpec(
+        units=h_shape[-1] // 2,
+        activation=act,
+        dtype=h_dtype,
+        compute_dtype="float32" if h_dtype in HALF_DTYPES else h_dtype,
+    )
+
+
 def _check_dtypes(x_dtype: str, w_dtype: str, b_dtype: str | None) -> None:
     received = f"Received: x.dtype={x_dtype}, w.dtype={w_dtype}" + (
         f", b.dtype={b_dtype}" if b_dtype is not None else ""
@@ -171,7 +219,7 @@ def _check_dtypes(x_dtype: str, w_dtype: str, b_dtype: str | None) -> None:
 # Sparse and ragged types of the supported frameworks: not dense arrays, so not taken (by name,
 # so that nothing here imports a framework).
 SPARSE_OR_RAGGED = frozenset(
-    {"RaggedTensor", "SparseTensor", "IndexedSlices", "BCOO", "BCSR", "MaskedArray"}
+    {"RaggedTensor", "SparseTensor", "IndexedSlices", "JAXSparse", "MaskedArray"}
 )
 
 
@@ -182,7 +230,9 @@ _NOT_DENSE_HINT = (
 )
 
 
-def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeError:
+def unsupported_type(
+    arg: str, value: object, supported: Sequence[str], op: str = "glu"
+) -> TypeError:
     kind, hint = _type_name(type(value)), ""
     if kind.startswith("torch.") and getattr(value, "is_nested", False):
         kind, hint = f"{kind} (nested)", _NOT_DENSE_HINT
@@ -193,7 +243,7 @@ def unsupported_type(arg: str, value: object, supported: Sequence[str]) -> TypeE
     elif kind.startswith("keras.") and "Variable" in type(value).__name__:
         hint = " (a Keras variable: pass variable.value, the backend's own tensor)"
     return TypeError(
-        f"glu takes dense arrays of one of these types: {', '.join(supported)}. "
+        f"{op} takes dense arrays of one of these types: {', '.join(supported)}. "
         f"Received: {arg} of type {kind}{hint}"
     )
 

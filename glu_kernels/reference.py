@@ -1,4 +1,4 @@
-"""Float64 NumPy ground truth for glu: forward and vector-Jacobian product.
+"""Float64 NumPy ground truth for glu and gated: forward and vector-Jacobian product.
 
 Written for clarity, not speed, and deliberately independent of ``glu_kernels._activations`` (the
 math is restated here term by term), so that the tests hold the shared activation table to an oracle
@@ -71,12 +71,25 @@ def preactivation(x, w, b=None) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) @ w2 + b2
 
 
+def gated_reference(h, activation: str = "sigmoid") -> np.ndarray:
+    """``a * f(g)`` in float64, where ``[a | g] = h``."""
+    name = resolve_activation(activation).name
+    a, g = np.split(np.asarray(h, dtype=np.float64), 2, axis=-1)
+    return a * _act_and_slope(name, g)[0]
+
+
+def gated_reference_vjp(h, dy, activation: str = "sigmoid") -> np.ndarray:
+    """``dh = [dy * f(g), dy * a * f'(g)]`` in float64: the gradient of ``sum(gated(h) * dy)``."""
+    name = resolve_activation(activation).name
+    a, g = np.split(np.asarray(h, dtype=np.float64), 2, axis=-1)
+    f, slope = _act_and_slope(name, g)
+    dy = np.asarray(dy, dtype=np.float64)
+    return np.concatenate([dy * f, dy * a * slope], axis=-1)
+
+
 def glu_reference(x, w, b=None, activation: str = "sigmoid") -> np.ndarray:
     """``a * f(g)`` in float64, where ``[a | g] = x @ [W | V] + b``."""
-    name = resolve_activation(activation).name
-    h = preactivation(x, w, b)
-    a, g = np.split(h, 2, axis=-1)
-    return a * _act_and_slope(name, g)[0]
+    return gated_reference(preactivation(x, w, b), activation)
 
 
 def glu_reference_vjp(x, w, b, dy, activation: str = "sigmoid"):
@@ -84,13 +97,9 @@ def glu_reference_vjp(x, w, b, dy, activation: str = "sigmoid"):
 
     ``dw`` has w's shape, ``db`` has b's shape (``None`` when b is None).
     """
-    name = resolve_activation(activation).name
     x = np.asarray(x, dtype=np.float64)
     w2, _ = _packed(w, b)
-    a, g = np.split(preactivation(x, w, b), 2, axis=-1)
-    f, slope = _act_and_slope(name, g)
-    dy = np.asarray(dy, dtype=np.float64)
-    dh = np.concatenate([dy * f, dy * a * slope], axis=-1)
+    dh = gated_reference_vjp(preactivation(x, w, b), dy, activation)
     rows = math.prod(x.shape[:-1])
     x2, dh2 = x.reshape(rows, x.shape[-1]), dh.reshape(rows, dh.shape[-1])
     dx = dh @ w2.T

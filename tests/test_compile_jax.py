@@ -201,3 +201,22 @@ def test_jax_export_symbolic_batch_serialized_with_its_vjp(activation):
         grads = jax.grad(loss, (0, 1, 2))(x, w, b)
         for got, want in zip(grads, glu_reference_vjp(x, w, b, dy, activation), strict=True):
             np.testing.assert_allclose(got, want, **F64)
+
+
+@pytest.mark.parametrize("save", ["activations", "input"])
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3)], ids=["1d", "2d", "3d"])
+def test_jax_strict_rank_promotion(lead, save):
+    """Codebases that set ``jax_numpy_rank_promotion="raise"`` (or "warn") call glu with a bias
+    without an error or a warning from inside it: every broadcast in glu is explicit."""
+    rng = np.random.default_rng(0)
+    x, w, b = rng.normal(size=(*lead, 7)), rng.normal(size=(7, 10)) / 3, rng.normal(size=10)
+    dy = rng.normal(size=(*lead, 5))
+    with jax.numpy_rank_promotion("raise"):
+        args = [jnp.asarray(a, jnp.float32) for a in (x, w, b)]
+        out, vjp = jax.vjp(lambda *a: gk.glu(*a, activation="silu", save=save), *args)
+        grads = vjp(jnp.asarray(dy, jnp.float32))
+        hs = jnp.asarray(rng.normal(size=(*lead, 10)), jnp.float32)
+        jax.grad(lambda h: gk.gated(h, activation="silu").sum())(hs)
+    np.testing.assert_allclose(out, glu_reference(x, w, b, "silu"), rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, glu_reference_vjp(x, w, b, dy, "silu"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+F = torch.nn.functional
 
 import glu_kernels as gk  # noqa: E402
 from glu_kernels.backends.torch import glu_op  # noqa: E402
@@ -323,6 +324,33 @@ def test_torch_vmap_over_per_example_weights(x_batched):
         xi = x[i] if x_batched else x
         expected = glu_reference(xi.numpy(), ws[i].numpy(), bs[i].numpy(), "silu")
         np.testing.assert_allclose(out[i].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, b_shape, in_dims",
+    [
+        ((3, 5, 4), (4, 0), None, (0, None)),  # U = 0
+        ((0, 5, 4), (4, 6), (6,), (0, None, None)),  # no examples
+        ((0, 5, 4), (0, 4, 6), (0, 6), (0, 0, 0)),  # no examples, per-example weights
+        ((5, 4), (4, 6, 0), None, (None, 2)),  # no examples, the batch on w's last axis
+    ],
+    ids=["no_units", "no_examples", "no_examples_per_example_w", "no_examples_w_only"],
+)
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["kernel_path", "op_path"])
+def test_torch_vmap_of_zero_size(x_shape, w_shape, b_shape, in_dims, requires_grad):
+    """Empty vmap batches and U = 0 give the unfused formula's shapes, and a gradient."""
+    args = [torch.randn(*s, requires_grad=requires_grad) for s in (x_shape, w_shape)]
+    if b_shape is not None:
+        args.append(torch.randn(*b_shape, requires_grad=requires_grad))
+
+    def unfused(x, w, b=None):
+        return F.glu(x @ w + (0 if b is None else b), dim=-1)
+
+    out = torch.func.vmap(gk.glu, in_dims=in_dims)(*args)
+    assert out.shape == torch.func.vmap(unfused, in_dims=in_dims)(*args).shape
+    if requires_grad:
+        grads = torch.autograd.grad(out.sum(), args)
+        assert [g.shape for g in grads] == [a.shape for a in args]
 
 
 def test_torch_vmap_output_is_differentiable():

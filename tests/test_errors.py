@@ -332,7 +332,12 @@ def _not_dense(backend):
         return [((masked, w), "x", "MaskedArray"), ((masked.view(Masked), w), "x", "Masked")]
     from jax.experimental import sparse
 
-    return [((sparse.BCOO.fromdense(dense), w), "x", "BCOO")]
+    return [
+        ((sparse.BCOO.fromdense(dense), w), "x", "BCOO"),
+        ((sparse.COO.fromdense(dense), w), "x", "COO"),  # the older classes: JAXSparse's too
+        ((sparse.CSR.fromdense(dense), w), "x", "CSR"),
+        ((x, sparse.CSC.fromdense(np.ones((2, 4), np.float32))), "w", "CSC"),
+    ]
 
 
 @pytest.mark.parametrize("backend", ba.backend_params())

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from glu_kernels._activations import ACTIVATIONS, epilogue_backward
-from glu_kernels._validate import GluSpec, numpy_dtype_name
+from glu_kernels._validate import GatedSpec, GluSpec, numpy_dtype_name
 
 NAME = "jax"
 DIFFERENTIABLE = True
@@ -57,8 +57,8 @@ def _preactivation(x, w3, b3, compute_dtype):
     Accumulated in compute_dtype, rounded once to x's dtype.
     """
     h = jnp.einsum("...d,dku->...ku", x, w3, preferred_element_type=compute_dtype)
-    if b3 is not None:
-        h = h + b3.astype(compute_dtype)
+    if b3 is not None:  # broadcast explicitly: no rank promotion (jax_numpy_rank_promotion)
+        h = h + jax.lax.broadcast_to_rank(b3.astype(compute_dtype), h.ndim)
     return h.astype(x.dtype)
 
 
@@ -95,15 +95,28 @@ def _summed_like(cotangent, primal):
     return jax.lax.psum(cotangent, extra) if extra else cotangent
 
 
+def _epilogue(h, activation: str, compute_dtype: str):
+    """``a * f(g)`` for h (..., 2, U), computed in compute_dtype, rounded once to h's dtype."""
+    act = ACTIVATIONS[activation]
+    forward = _FORWARD.get(activation) or partial(act.forward, p=PRIMITIVES)
+    a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
+    return (a * forward(g)).astype(h.dtype)
+
+
+def _grad_preactivation(dy, h, activation: str, compute_dtype: str):
+    """``dh = [dy * f(g), dy * a * f'(g)]`` for h (..., 2, U), shape (..., 2, U), computed in
+    compute_dtype, rounded once to h's dtype."""
+    a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
+    da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, ACTIVATIONS[activation], PRIMITIVES)
+    return jnp.stack([da, dg], axis=-2).astype(h.dtype)
+
+
 @cache
 def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias: bool):
     """The jitted custom-VJP glu for one (activation, save, dtype, bias or not)."""
-    act = ACTIVATIONS[activation]
-    forward = _FORWARD.get(activation) or partial(act.forward, p=PRIMITIVES)
 
     def epilogue(h):
-        a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
-        return (a * forward(g)).astype(dtype)
+        return _epilogue(h, activation, compute_dtype)
 
     @jax.custom_vjp
     def glu3(x, w3, b3):
@@ -116,11 +129,9 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
     def glu3_bwd(residuals, dy):
         x, w3, b3, saved = residuals
         h = saved if save == "activations" else _preactivation(x, w3, b3, compute_dtype)
-        a, g = h[..., 0, :].astype(compute_dtype), h[..., 1, :].astype(compute_dtype)
-        da, dg = epilogue_backward(dy.astype(compute_dtype), a, g, act, PRIMITIVES)
         # The barrier keeps XLA:CPU from fusing this elementwise pass into each of its consumers
         # (bfloat16 training step with it: 0.93-0.96x the time without).
-        dh = jax.lax.optimization_barrier(jnp.stack([da, dg], axis=-2).astype(dtype))
+        dh = jax.lax.optimization_barrier(_grad_preactivation(dy, h, activation, compute_dtype))
         dx = jnp.einsum("...ku,dku->...d", dh, w3, preferred_element_type=compute_dtype, **_like(x))
 
         def weight_grad(x, dh):
@@ -173,6 +184,31 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         return glu3(x, w.reshape(d, 2, u), None if b is None else b.reshape(2, u))
 
     return jax.jit(glu_packed)
+
+
+@cache
+def _gated_fn(activation: str, compute_dtype: str):
+    """The jitted custom-VJP gated for one activation and compute dtype."""
+
+    def halves(h):  # (..., 2U) -> (..., 2, U): free inside the jit
+        return h.reshape(*h.shape[:-1], 2, h.shape[-1] // 2)
+
+    @jax.custom_vjp
+    def gated(h):
+        return _epilogue(halves(h), activation, compute_dtype)
+
+    def gated_fwd(h):
+        return gated(h), h
+
+    def gated_bwd(h, dy):
+        return (_grad_preactivation(dy, halves(h), activation, compute_dtype).reshape(h.shape),)
+
+    gated.defvjp(gated_fwd, gated_bwd)
+    return jax.jit(gated)
+
+
+def gated(h: jax.Array, spec: GatedSpec) -> jax.Array:
+    return _gated_fn(spec.activation.name, spec.compute_dtype)(h)
 
 
 def glu(x: jax.Array, w: jax.Array, b: jax.Array | None, spec: GluSpec) -> jax.Array:

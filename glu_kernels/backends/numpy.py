@@ -11,7 +11,7 @@ from functools import cache
 import numpy as np
 
 from glu_kernels._activations import ACTIVATIONS
-from glu_kernels._validate import GluSpec, numpy_dtype_name
+from glu_kernels._validate import GatedSpec, GluSpec, numpy_dtype_name
 
 NAME = "numpy"
 DIFFERENTIABLE = False  # NumPy has no automatic differentiation: forward only
@@ -75,12 +75,22 @@ def glu(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: GluSpec) -> np
     h = x2.astype(compute, copy=False) @ w.reshape(d, 2 * u).astype(compute, copy=False)
     if b is not None:
         h += np.asarray(b).reshape(2 * u).astype(compute, copy=False)
-    h = h.astype(x.dtype, copy=False).astype(
-        compute, copy=False
-    )  # 16-bit: h rounded once, as the other backends
-    with np.errstate(over="ignore"):
-        out = h[:, :u] * ACTIVATIONS[spec.activation.name].forward(h[:, u:], PRIMITIVES)
-    return out.astype(x.dtype, copy=False).reshape(*x.shape[:-1], u)
+    h = h.astype(x.dtype, copy=False)  # 16-bit: h rounded once, as the other backends
+    return _epilogue(h, u, spec.activation.name, compute).reshape(*x.shape[:-1], u)
+
+
+def _epilogue(h: np.ndarray, units: int, activation: str, compute: np.dtype) -> np.ndarray:
+    """``a * f(g)`` for ``h = [a | g]`` (..., 2U), computed in ``compute``, rounded once to h's
+    dtype."""
+    h32 = h.astype(compute, copy=False)
+    out = h32[..., :units] * ACTIVATIONS[activation].forward(h32[..., units:], PRIMITIVES)
+    return out.astype(h.dtype, copy=False)
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def gated(h: np.ndarray, spec: GatedSpec) -> np.ndarray:
+    h = np.asarray(h)
+    return _epilogue(h, spec.units, spec.activation.name, np.dtype(spec.compute_dtype))
 
 
 def implementation(spec: GluSpec) -> str:

@@ -12,7 +12,7 @@ from functools import cache, lru_cache
 import tensorflow as tf
 
 from glu_kernels._activations import Activation, epilogue_backward
-from glu_kernels._validate import FEATURES_MISMATCH, GluSpec
+from glu_kernels._validate import FEATURES_MISMATCH, GatedSpec, GluSpec
 
 NAME = "tensorflow"
 DIFFERENTIABLE = True
@@ -133,20 +133,32 @@ def _xla_grad_preactivation(activation: Activation, dtype: str, compute_dtype: s
     )
 
 
+def _run_epilogue(h, b, spec: GluSpec | GatedSpec):
+    """``_epilogue``, as one XLA function where h is large enough (see above)."""
+    act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
+    if _use_xla(h):
+        return _xla_epilogue(act, dtype, compute_dtype)(h, b)
+    return _epilogue(h, b, act, dtype, compute_dtype)
+
+
+def _run_grad_preactivation(dy, h, b, spec: GluSpec | GatedSpec):
+    """``_grad_preactivation``, as one XLA function where h is large enough (see above)."""
+    act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
+    if _use_xla(h):
+        return _xla_grad_preactivation(act, dtype, compute_dtype)(dy, h, b)
+    return _grad_preactivation(dy, h, b, act, dtype, compute_dtype)
+
+
 def _forward2(x2, w2, b2, spec: GluSpec):
     """``(out, h)`` for 2-D x2 (B, D) and w2 (D, 2U), h = x2 @ w2 without the bias (see _halves)."""
-    act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
     h = tf.linalg.matmul(x2, w2)
-    if _use_xla(h):
-        return _xla_epilogue(act, dtype, compute_dtype)(h, b2), h
-    return _epilogue(h, b2, act, dtype, compute_dtype), h
+    return _run_epilogue(h, b2, spec), h
 
 
 @lru_cache(maxsize=1024)
 def _glu2_with_gradient(spec: GluSpec):
     """glu on 2-D x (B, D) and w (D, 2U) (and b) with the memory-lean custom gradient, made once
     per spec: decorating with tf.custom_gradient costs ~35 us (it inspects the signature)."""
-    act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
 
     @tf.custom_gradient
     def glu2(*args):
@@ -157,10 +169,7 @@ def _glu2_with_gradient(spec: GluSpec):
 
         def grad(dy):
             h = kept if kept is not None else tf.linalg.matmul(x2, w2)
-            if _use_xla(h):
-                dh, db = _xla_grad_preactivation(act, dtype, compute_dtype)(dy, h, b2)
-            else:
-                dh, db = _grad_preactivation(dy, h, b2, act, dtype, compute_dtype)
+            dh, db = _run_grad_preactivation(dy, h, b2, spec)
             grads = [
                 tf.linalg.matmul(dh, w2, transpose_b=True),
                 tf.linalg.matmul(x2, dh, transpose_a=True),
@@ -178,6 +187,26 @@ def _glu2(x2, w2, b2, spec: GluSpec):
         return _forward2(x2, w2, b2, spec)[0]
     glu2 = _glu2_with_gradient(spec)
     return glu2(x2, w2) if b2 is None else glu2(x2, w2, b2)
+
+
+@lru_cache(maxsize=256)
+def _gated_with_gradient(spec: GatedSpec):
+    """gated with the lean custom gradient (backward from h alone), made once per spec."""
+
+    @tf.custom_gradient
+    def gated(h):
+        return _run_epilogue(h, None, spec), lambda dy: _run_grad_preactivation(dy, h, None, spec)[
+            0
+        ]
+
+    return gated
+
+
+def gated(h, spec: GatedSpec):
+    h = tf.convert_to_tensor(h)
+    if tf.executing_eagerly() and not _could_record():  # eager inference: no gradient to record
+        return _run_epilogue(h, None, spec)
+    return _gated_with_gradient(spec)(h)
 
 
 def _checked_features(x, d: int, w_shape):

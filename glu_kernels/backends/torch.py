@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glu_kernels._activations import ACTIVATIONS, epilogue_backward
-from glu_kernels._validate import GluSpec
+from glu_kernels._validate import GatedSpec, GluSpec
 
 NAME = "torch"
 DIFFERENTIABLE = True
@@ -397,6 +397,11 @@ def _recordable_forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str)
     as ``_epilogue``; gradients come from autograd of these calls. ``linear``, not ``addmm``:
     TorchScript's executor rewrites a traced addmm as mm + add, rounding a 16-bit h twice."""
     h = F.linear(x, w.t(), b)  # = addmm(b, x, w); w.t(), not w.mT: ONNX has no aten::mT
+    return _recordable_epilogue(h, activation)
+
+
+def _recordable_epilogue(h: Tensor, activation: str) -> Tensor:
+    """``_epilogue`` as whole-tensor ATen calls (see ``_recordable_forward``): the same bits."""
     if activation == "sigmoid":
         return F.glu(h, dim=-1)
     a, g = (h.float() if _is_half(h) else h).chunk(2, dim=-1)
@@ -484,6 +489,11 @@ class _GluFunction(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
+def _batched(t: Tensor, batch_dim: int | None) -> Tensor:
+    """``t`` of an empty vmap batch with its batch dimension first."""
+    return t.expand(0, *t.shape) if batch_dim is None else t.movedim(batch_dim, 0)
+
+
 @glu_op.register_vmap
 def _glu_op_vmap(info, in_dims, x, w, b, activation, save):
     x_dim, w_dim, b_dim = in_dims[:3]
@@ -491,7 +501,13 @@ def _glu_op_vmap(info, in_dims, x, w, b, activation, save):
     if w_dim is None and b_dim is None:
         xs = x.movedim(x_dim, 0)
         out, h = glu_op(xs.flatten(0, 1), w, b, activation, save)
-        return (out.reshape(size, -1, out.shape[-1]), h.reshape(size, -1, h.shape[-1])), (0, 0)
+        rows = xs.shape[1]  # not -1: there may be no rows
+        return (out.reshape(size, rows, out.shape[-1]), h.reshape(size, rows, h.shape[-1])), (0, 0)
+    if size == 0:  # no examples to stack: the batched formula on empty tensors
+        h = _batched(x, x_dim) @ _batched(w, w_dim)
+        if b is not None:
+            h = h + _batched(b, b_dim).unsqueeze(-2)
+        return (_recordable_epilogue(h, activation), h), (0, 0)
     outs = [
         glu_op(
             x if x_dim is None else x.select(x_dim, i),
@@ -523,6 +539,89 @@ def _flatten_leading(x: Tensor, features: int) -> Tensor:
     return x.reshape(-1, features) if features else x.reshape(x.shape[:-1].numel(), 0)
 
 
+@torch.library.custom_op("glu_kernels::gated", mutates_args=())
+def gated_op(h: Tensor, activation: str) -> Tensor:
+    """``a * f(g)`` for 2-D ``h = [a | g]`` (B, 2U)."""
+    return _epilogue(h, activation)
+
+
+@gated_op.register_fake
+def _gated_op_fake(h, activation):
+    return h.new_empty(h.shape[0], h.shape[1] // 2)
+
+
+def _gated_setup_context(ctx, inputs, output):
+    h, activation = inputs
+    ctx.activation = activation
+    ctx.save_for_backward(h)
+
+
+def _gated_backward(ctx, dy: Tensor):
+    (h,) = ctx.saved_tensors
+    if torch.is_grad_enabled() or _is_batched(dy):  # as in _backward
+        return _grad_preactivation(dy, h, ctx.activation), None
+    return _grad_preactivation_fast(dy, h, ctx.activation, False)[0], None
+
+
+gated_op.register_autograd(_gated_backward, setup_context=_gated_setup_context)
+
+
+class _GatedFunction(torch.autograd.Function):
+    """The gated custom op's forward and backward for eager autograd (see ``_GluFunction``)."""
+
+    @staticmethod
+    def forward(ctx, h, activation):
+        out = _epilogue(h, activation)
+        _gated_setup_context(ctx, (h, activation), out)
+        return out
+
+    backward = staticmethod(_gated_backward)
+
+
+@gated_op.register_vmap
+def _gated_op_vmap(info, in_dims, h, activation):
+    hs = h.movedim(in_dims[0], 0)
+    out = gated_op(hs.flatten(0, 1), activation)
+    return out.reshape(info.batch_size, hs.shape[1], out.shape[-1]), 0
+
+
+# How a call runs (see glu()): recorded as plain ATen calls, through the custom op, through the
+# autograd.Function, or as plain kernels without autograd.
+_RECORDED, _CUSTOM_OP, _FUNCTION, _KERNELS = "recorded", "custom op", "function", "kernels"
+
+
+def _path(needs_grad: bool) -> str:
+    functorch = torch._C._are_functorch_transforms_active()
+    if (
+        torch.jit.is_tracing()
+        or _is_exporting()
+        or _forward_ad._current_level >= 0  # a torch.autograd.forward_ad.dual_level
+        or (functorch and _functorch_differentiates())
+    ):
+        # plain ATen calls: what records portably, and what forward-mode AD and torch.func's
+        # differentiating transforms differentiate (autograd's formulas, not the lean backward)
+        return _RECORDED
+    if functorch or (needs_grad and torch.compiler.is_compiling()):
+        return _CUSTOM_OP  # the op's fake, vmap and autograd rules
+    return _FUNCTION if needs_grad else _KERNELS
+
+
+def gated(h: Tensor, spec: GatedSpec) -> Tensor:
+    packed = 2 * spec.units
+    h2 = h if h.dim() == 2 else _flatten_leading(h, packed)
+    name = spec.activation.name
+    path = _path(torch.is_grad_enabled() and h.requires_grad)
+    if path == _KERNELS:
+        out = _epilogue(h2, name)
+    elif path == _FUNCTION:
+        out = _GatedFunction.apply(h2, name)
+    elif path == _CUSTOM_OP:
+        out = gated_op(h2, name)
+    else:
+        out = _recordable_epilogue(h2, name)
+    return out if h.dim() == 2 else out.reshape(*h.shape[:-1], spec.units)
+
+
 def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
     autocast = _autocast_dtype(x)
     if autocast is not None:
@@ -536,25 +635,18 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
     w2 = w if spec.weight_rank == 2 else w.reshape(spec.features, 2 * spec.units)
     b2 = b if b is None or b.dim() == 1 else b.reshape(2 * spec.units)
     name = spec.activation.name
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
+    path = _path(
+        torch.is_grad_enabled()
+        and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
     )
-    functorch = torch._C._are_functorch_transforms_active()
-    if (
-        torch.jit.is_tracing()
-        or _is_exporting()
-        or _forward_ad._current_level >= 0  # a torch.autograd.forward_ad.dual_level
-        or (functorch and _functorch_differentiates())
-    ):
-        # plain ATen calls: what records portably, and what forward-mode AD and torch.func's
-        # differentiating transforms differentiate (autograd's formulas, not the lean backward)
-        out = _recordable_forward(x2, w2, b2, name)
-    elif functorch or (needs_grad and torch.compiler.is_compiling()):
-        out = glu_op(x2, w2, b2, name, spec.save)[0]  # the op's fake, vmap and autograd rules
-    elif needs_grad:
-        out = _GluFunction.apply(x2, w2, b2, name, spec.save)[0]
-    else:
+    if path == _KERNELS:
         out = _epilogue(_preactivation(x2, w2, b2), name)
+    elif path == _FUNCTION:
+        out = _GluFunction.apply(x2, w2, b2, name, spec.save)[0]
+    elif path == _CUSTOM_OP:
+        out = glu_op(x2, w2, b2, name, spec.save)[0]
+    else:
+        out = _recordable_forward(x2, w2, b2, name)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], spec.units)
 
 
