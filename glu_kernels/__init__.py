@@ -162,7 +162,7 @@ def gated(h: Array, *, activation: str = "sigmoid") -> Array:
     """
     try:
         backend = _dispatch.backend_of_array(h, "h", "gated")
-        key = (backend.shape(h), backend.dtype_name(h), activation)
+        key = (backend.shape(h), backend.stored_dtype_name(h), activation)  # autocast or not
         return backend.gated(h, _validated(_check_gated, _validate.check_gated, key))
     except RuntimeError as error:
         _dispatch.refuse_not_dense(error, "gated", h=h)

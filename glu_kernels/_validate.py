@@ -16,6 +16,17 @@ from glu_kernels._activations import ACTIVATIONS, ALIASES, Activation
 
 Shape = tuple[int | None, ...]
 
+
+class _UnknownRank:
+    """The shape of a tensor whose rank is unknown until run time (a TensorFlow graph traced with
+    a ``TensorSpec(None)``)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN_RANK = _UnknownRank()
+
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 HALF_DTYPES = ("float16", "bfloat16")
 SAVE_MODES = ("activations", "input")
@@ -57,6 +68,15 @@ def numpy_dtype_name(dtype) -> str:
 
 def _shape(shape: Sequence[int | None]) -> str:
     return str(tuple(shape))
+
+
+def _check_known_ranks(**shapes: Shape | _UnknownRank | None) -> None:
+    for name, shape in shapes.items():
+        if shape is UNKNOWN_RANK:
+            raise ValueError(
+                f"{name} must have a known rank (number of dimensions). "
+                f"Received: {name}.shape=<unknown>"
+            )
 
 
 def activation_names() -> str:
@@ -110,6 +130,7 @@ def check(
             f"save must be one of {', '.join(map(repr, SAVE_MODES))}. Received: save={save!r}"
         )
     _check_dtypes(x_dtype, w_dtype, b_dtype)
+    _check_known_ranks(x=x_shape, w=w_shape, b=b_shape)
 
     received = _Received(x=x_shape, w=w_shape)  # formatted only if an error message is built
     if len(x_shape) < 1:
@@ -182,6 +203,7 @@ def check_gated(h_shape: Shape, h_dtype: str, activation: str) -> GatedSpec:
             f"gated needs a floating-point h ({', '.join(FLOAT_DTYPES)}). "
             f"Received: h.dtype={h_dtype}"
         )
+    _check_known_ranks(h=h_shape)
     received = _Received(h=h_shape)
     if len(h_shape) < 1:
         raise ValueError(f"h must have at least one dimension, shape (..., 2U). {received}")

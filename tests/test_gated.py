@@ -228,6 +228,34 @@ def test_torch_gated_refuses_sparse_h_by_name():
         gk.gated(torch.ones(4, 6).to_sparse())
 
 
+def test_torch_gated_validates_the_stored_dtype_under_autocast():
+    """gated is elementwise: autocast does not cast it (as F.silu), so h's own dtype is checked
+    and kept (glu, a matmul, takes the autocast dtype)."""
+    torch = pytest.importorskip("torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gk.gated(torch.randn(4, 10)).dtype == torch.float32
+        with pytest.raises(TypeError, match=r"Received: h\.dtype=float8_e4m3fn"):
+            gk.gated(torch.randn(4, 10).to(torch.float8_e4m3fn))
+
+
+def test_tensorflow_unknown_rank_is_named():
+    tf = pytest.importorskip("tensorflow")
+    w = tf.ones((4, 6))
+    for call, name in [
+        (lambda t: gk.gated(t), "h"),
+        (lambda t: gk.glu(t, w), "x"),
+        (lambda t: gk.glu(tf.ones((2, 4)), t), "w"),
+        (lambda t: gk.glu(tf.ones((2, 4)), w, t), "b"),
+    ]:
+        fn = tf.function(call, input_signature=[tf.TensorSpec(None, tf.float32)])
+        with pytest.raises(
+            ValueError,
+            match=rf"{name} must have a known rank \(number of "
+            rf"dimensions\)\. Received: {name}\.shape=<unknown>",
+        ):
+            fn.get_concrete_function()
+
+
 def test_tensorflow_gated_needs_a_static_last_dimension():
     tf = pytest.importorskip("tensorflow")
     fn = tf.function(lambda h: gk.gated(h), input_signature=[tf.TensorSpec([None, None])])
@@ -305,7 +333,7 @@ def test_torch_gated_transforms(activation):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_jax_gated_transforms(activation):
-    """jit, vmap and grad against the reference formula."""
+    """jit, vmap, grad and hessian against the reference formula."""
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     h_np, dy_np = _float64_case()
@@ -319,7 +347,24 @@ def test_jax_gated_transforms(activation):
         dh = jax.grad(lambda t: (fn(t) * dy).sum())(h)
         _assert_dh64(dh, h_np, dy_np, activation, "jax.grad")
         np.testing.assert_array_equal(jax.vmap(fn)(jnp.stack([h, 2 * h]))[1], fn(2 * h))
-        # forward mode (jvp, jacfwd) is not available for a custom_vjp, as for glu (README)
+        # forward mode on gated itself (jvp, jacfwd) is not available for a custom_vjp, as for
+        # glu (README); forward over its reverse pass is: jax.hessian, against the unfused formula
+        act = {
+            "sigmoid": jax.nn.sigmoid,
+            "silu": jax.nn.silu,
+            "gelu": lambda g: jax.nn.gelu(g, approximate=False),
+            "gelu_tanh": lambda g: jax.nn.gelu(g, approximate=True),
+            "relu": jax.nn.relu,
+            "linear": lambda g: g,
+        }[activation]
+
+        def unfused(t):  # one row
+            a, g = jnp.split(t, 2)
+            return (a * act(g) * dy[0]).sum()
+
+        row = h[0]
+        got = jax.hessian(lambda t: (fn(t) * dy[0]).sum())(row)
+        np.testing.assert_allclose(got, jax.hessian(unfused)(row), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("rows", [6, 600], ids=["ops", "xla"])  # 600 x 256: the XLA epilogue

@@ -28,6 +28,9 @@ def dtype_name(t: jax.Array) -> str:
     return numpy_dtype_name(t.dtype)
 
 
+stored_dtype_name = dtype_name  # no autocast here: what dtype_name says
+
+
 class _Primitives:
     sigmoid = staticmethod(jax.nn.sigmoid)
     tanh = staticmethod(jnp.tanh)
@@ -197,8 +200,8 @@ def _gated_fn(activation: str, compute_dtype: str):
     def gated(h):
         return _epilogue(halves(h), activation, compute_dtype)
 
-    def gated_fwd(h):
-        return gated(h), h
+    def gated_fwd(h):  # the epilogue itself, not gated: forward mode over it (jax.hessian) works
+        return _epilogue(halves(h), activation, compute_dtype), h
 
     def gated_bwd(h, dy):
         return (_grad_preactivation(dy, halves(h), activation, compute_dtype).reshape(h.shape),)

@@ -39,6 +39,9 @@ def dtype_name(t: np.ndarray) -> str:
     return numpy_dtype_name(np.asarray(t).dtype)
 
 
+stored_dtype_name = dtype_name  # no autocast here: what dtype_name says
+
+
 class _Primitives:
     @staticmethod
     def sigmoid(g):

@@ -12,7 +12,7 @@ from functools import cache, lru_cache
 import tensorflow as tf
 
 from glu_kernels._activations import Activation, epilogue_backward
-from glu_kernels._validate import FEATURES_MISMATCH, GatedSpec, GluSpec
+from glu_kernels._validate import FEATURES_MISMATCH, UNKNOWN_RANK, GatedSpec, GluSpec
 
 NAME = "tensorflow"
 DIFFERENTIABLE = True
@@ -20,15 +20,16 @@ DIFFERENTIABLE = True
 ROUNDS_MATMUL_BEFORE_BIAS = True
 
 
-def shape(t) -> tuple[int | None, ...]:
+def shape(t) -> tuple[int | None, ...] | object:  # or UNKNOWN_RANK
     shape = t.shape  # a new TensorShape on every access
-    if shape.rank is None:
-        raise ValueError(f"glu needs tensors of known rank. Received: a tensor of shape {shape}")
-    return tuple(shape)
+    return UNKNOWN_RANK if shape.rank is None else tuple(shape)
 
 
 def dtype_name(t) -> str:
     return t.dtype.name
+
+
+stored_dtype_name = dtype_name  # no autocast here: what dtype_name says
 
 
 class _Primitives:

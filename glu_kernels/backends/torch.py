@@ -89,10 +89,16 @@ def _autocast_dtype(t: Tensor) -> torch.dtype | None:
 
 
 def dtype_name(t: Tensor) -> str:
+    """The dtype glu computes t in: under autocast, the autocast dtype (see glu())."""
     autocast = _autocast_dtype(t)
     if autocast is not None and t.is_floating_point() and t.dtype != torch.float64:
         # autocast: glu casts its floating inputs (all but float64) like a matmul does; see glu().
         return _DTYPE_NAMES[autocast]
+    return stored_dtype_name(t)
+
+
+def stored_dtype_name(t: Tensor) -> str:
+    """The dtype t holds: what elementwise ops (gated) compute in, autocast or not."""
     return _DTYPE_NAMES.get(t.dtype) or str(t.dtype).removeprefix("torch.")
 
 
