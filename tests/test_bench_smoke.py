@@ -51,11 +51,20 @@ def test_every_backend_and_variant_was_timed(quick_run):
 
 def test_memory_and_keras_step_were_measured(quick_run):
     result = quick_run["result"]
+    from glu_kernels.backends.torch import _ATEN_TRAINING_MAX_ELEMENTS
+
     for backend in ("torch", "jax"):
-        per_dtype = next(iter(result["memory"][backend].values()))
-        silu = next(iter(per_dtype.values()))["silu"]
+        shape_name, per_dtype = next(iter(result["memory"][backend].items()))
+        shape = result["shapes"][shape_name]
+        dtype, per_act = next(iter(per_dtype.items()))
+        silu = per_act["silu"]
         fused, unfused = silu["fused (save=activations)"], silu["unfused"]
-        assert 0 < fused["activation_bytes"] < unfused["activation_bytes"], silu
+        small = shape["B"] * 2 * shape["U"] <= _ATEN_TRAINING_MAX_ELEMENTS
+        if backend == "torch" and dtype in ("float32", "float64") and small:
+            # small float training calls are the plain ATen calls: they keep what those keep
+            assert fused["activation_bytes"] == silu["packed"]["activation_bytes"], silu
+        else:
+            assert 0 < fused["activation_bytes"] < unfused["activation_bytes"], silu
         assert silu["fused (save=input)"]["largest_saved_non_input_elems"] == 0, silu
     keras = {k["backend"]: k for k in result["keras"]}
     assert set(keras) == {"jax", "torch", "tensorflow"}, keras

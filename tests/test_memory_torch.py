@@ -16,7 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-B, D, U = 64, 8, 48  # B*U (3072) larger than x (512) and w (768): sizes cannot be confused
+# B*U (49152) larger than x (8192) and w (768): sizes cannot be confused; h (98304 elements) above
+# the size up to which float32 training calls are autograd of plain ATen calls (torch backend)
+B, D, U = 1024, 8, 48
 
 
 def _saved(fn, *inputs):
