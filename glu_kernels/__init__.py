@@ -1,7 +1,8 @@
 """glu_kernels: one fused gated linear unit for NumPy, JAX, PyTorch and TensorFlow.
 
 ``glu(x, w, b)`` computes ``a * act(g)`` where ``[a | g] = x @ [W | V] + b``, with one matmul on the
-packed weight, a fused epilogue, and a custom gradient that keeps only the pre-activation. The
+packed weight, a fused epilogue, and a custom gradient that keeps only the pre-activation;
+``gated(h)`` is that epilogue alone, for a pre-activation from the caller's own matmul. The
 framework is taken from the arrays' type; ``explain`` says what runs and why.
 """
 
