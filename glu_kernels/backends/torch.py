@@ -596,7 +596,9 @@ def _gated_op_vmap(info, in_dims, h, activation):
 _ATEN, _CUSTOM_OP, _FUNCTION, _KERNELS = "aten", "custom op", "function", "kernels"
 
 # Eager float32/float64 training calls whose h has at most this many elements run as the plain
-# ATen calls too, differentiated by autograd: the same bits, forward and every gradient (tested),
+# ATen calls too, differentiated by autograd: the same bits, forward and every gradient of a plain
+# backward with contiguous tensors (tested; a transposed cotangent or h, create_graph and batched
+# cotangents run other kernels on the two paths: a few ulp apart, as two GEMMs of other shapes are),
 # and a cheaper training step where Python's autograd.Function costs more than the passes it saves:
 # 0.82x (GLU) and 0.64x (SwiGLU) the time at 32x16->8, 0.76-0.90x at 128x64->64, 0.88x at
 # 256x128->128; 0.96-1.07x at 512x256->256 and above. They keep a few tensors of h's size more
@@ -692,7 +694,7 @@ def implementation(spec: GluSpec) -> str:
         "when a gradient is needed, an autograd.Function with the recompute backward "
         "(the custom op glu_kernels::glu under torch.compile and torch.func.vmap), except for "
         f"float32/float64 calls with h of at most {_ATEN_TRAINING_MAX_ELEMENTS} elements and "
-        "save='activations': plain ATen calls, autograd's gradient (the same bits, cheaper there); "
+        "save='activations': plain ATen calls, autograd's gradient (cheaper there); "
         "recorded by torch.jit.trace or torch.export, or under forward-mode AD and torch.func's "
         "grad/jvp transforms: plain ATen calls, autograd's gradient"
     )
