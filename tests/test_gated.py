@@ -349,14 +349,9 @@ def test_jax_gated_transforms(activation):
         np.testing.assert_array_equal(jax.vmap(fn)(jnp.stack([h, 2 * h]))[1], fn(2 * h))
         # forward mode on gated itself (jvp, jacfwd) is not available for a custom_vjp, as for
         # glu (README); forward over its reverse pass is: jax.hessian, against the unfused formula
-        act = {
-            "sigmoid": jax.nn.sigmoid,
-            "silu": jax.nn.silu,
-            "gelu": lambda g: jax.nn.gelu(g, approximate=False),
-            "gelu_tanh": lambda g: jax.nn.gelu(g, approximate=True),
-            "relu": jax.nn.relu,
-            "linear": lambda g: g,
-        }[activation]
+        from test_compile_jax import _UNFUSED_ACT
+
+        act = _UNFUSED_ACT[activation]
 
         def unfused(t):  # one row
             a, g = jnp.split(t, 2)
