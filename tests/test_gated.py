@@ -148,6 +148,19 @@ def test_torch_gated_of_addmm_is_glu_bit_for_bit(activation, dtype):
         assert torch.equal(gk.gated(torch.addmm(b, x, w), activation=activation), expected)
 
 
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("rows", [6, 3000], ids=["small", "large"])
+def test_torch_gated_of_a_transposed_h(rows, requires_grad):
+    """A transposed (column-major) h gives the contiguous h's bits and a contiguous result, as the
+    custom op's fake kernel promises torch.compile."""
+    torch = pytest.importorskip("torch")
+    h = (torch.randn(2 * 40, rows) * 3).mT.requires_grad_(requires_grad)
+    for activation in ACTIVATIONS:
+        out = gk.gated(h, activation=activation)
+        assert out.is_contiguous(), (activation, out.stride())
+        assert torch.equal(out, gk.gated(h.detach().contiguous(), activation=activation))
+
+
 # name, h's shape, h's dtype, kwargs, error, message
 GATED_ERRORS = [
     (
