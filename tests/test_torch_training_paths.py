@@ -5,7 +5,7 @@ Float32/float64 calls with ``save="activations"`` whose h has at most
 there than the autograd.Function); larger calls, 16-bit calls and ``save="input"`` take the
 Function with the lean backward. Both must give the same bits, forward and every gradient of a
 plain backward with contiguous tensors, so that a model's numbers do not depend on its batch size
-crossing the bound. (A transposed cotangent or h, create_graph and batched cotangents run other
+crossing the bound. (A transposed cotangent, create_graph and batched cotangents run other
 ATen kernels on the two paths: a few ulp apart, checked by the tolerance tests, not here.) The
 Function path is also checked at small sizes here (gradcheck, gradgradcheck), with the bound forced
 down.

@@ -601,7 +601,7 @@ _ATEN, _CUSTOM_OP, _FUNCTION, _KERNELS = "aten", "custom op", "function", "kerne
 
 # Eager float32/float64 training calls whose h has at most this many elements run as the plain
 # ATen calls too, differentiated by autograd: the same bits, forward and every gradient of a plain
-# backward with contiguous tensors (tested; a transposed cotangent or h, create_graph and batched
+# backward with contiguous tensors (tested; a transposed cotangent, create_graph and batched
 # cotangents run other kernels on the two paths: a few ulp apart, as two GEMMs of other shapes are),
 # and a cheaper training step where Python's autograd.Function costs more than the passes it saves:
 # 0.82x (GLU) and 0.64x (SwiGLU) the time at 32x16->8, 0.76-0.90x at 128x64->64, 0.88x at
