@@ -4,43 +4,80 @@ Values: ``kernel ~= kernel_int8 / kernel_scale`` (one scale per output column) a
 ``x ~= x_int8 / x_scale`` (one scale per row, ``keras.quantizers.AbsMaxQuantizer``). Gradients: the
 kernel is frozen; the input gradient passes straight through the rounding, as in ``Dense``.
 
-Two ways to multiply, chosen by backend from measurements on a 2-core AVX-512 CPU (README, "int8
-quantization" under "Migrating from KMR"). Under JAX, ``integer_glu``: the product in int8 with
-int32 accumulation (XLA's int8 GEMM: 2-4x faster than its float32 GEMM at 1024x256->256 and
-2048x1024->1024), the epilogue in float32, fused by XLA. Elsewhere the operands are scaled back
-(``rounded_to_int8``, ``dequantized``) and multiplied by one fused :func:`glu_kernels.glu`:
-TensorFlow's int8 matmul is 3.5-5.5x slower than float32 on the CPU, and Keras' torch int8 matmul an
-int32 einsum there (7-21x slower). torch's own ``torch._int_mm`` is fast on the CPU (exact; 2.5-7.5x
-a float32 GEMM's speed), but the float32 epilogue after it, as separate eager torch ops (about seven
-passes over (B, 2U)), cost more than it saved at 1024x256->256 (2.6 against 2.0 ms; bfloat16 2.3
-against 1.4 ms, where AMX's bfloat16 GEMM is as fast) and won only where D is large (2048x1024->1024
-float32: 19 against 39 ms). The int8 values are the same either way; the results differ by a float32
-GEMM's rounding.
+Two ways to multiply, chosen from measurements on a 2-core AVX-512 CPU (SwiGLU, float32 unless
+said). ``integer_glu``: the product in int8 with int32 accumulation, exact, then the scales, the
+bias and the fused epilogue (:func:`glu_kernels.gated`) in float32. The other way: the operands
+scaled back (``rounded_to_int8``, ``dequantized``: the kernel on every call) and multiplied by one
+fused :func:`glu_kernels.glu` in the compute dtype.
+
+- JAX: ``integer_glu`` (XLA's int8 GEMM is 2-4x faster than its float32 GEMM at 1024x256->256 and
+  2048x1024->1024). ``gated``'s lean gradient: a jitted input-and-bias gradient 0.6-0.85x the
+  time of autodiff through Keras ops' epilogue (same forward bits).
+- torch: ``integer_glu`` (``torch._int_mm``) in float32 for kernels of
+  ``TORCH_INTEGER_MIN_KERNEL`` elements and more: inference 2.5 against 2.6 ms at 1024x256->256,
+  3.5 / 5.6 ms at 1024x512->512, 21 / 38 ms at 2048x1024->1024, 107 / 151 ms at 4096x1024->2048;
+  a training step 3.2 / 3.3 ms and 51 / 65 ms. Smaller kernels dequantize (1024x128->128: 1.03
+  against 0.89 ms; 32x16->8: 0.43 / 0.36), and so does bfloat16 compute, where AMX's bfloat16
+  GEMM is as fast as ``_int_mm`` (2048x1024->1024: 22 against 16 ms). Keras' own torch int8
+  matmul is an int32 einsum, 7-21x slower than float32.
+- TensorFlow: dequantize (its int8 matmul is 3.5-5.5x slower than float32 on the CPU).
+
+The int8 values are the same either way; the results differ by a float32 GEMM's rounding.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import math
 from typing import Any
 
 import keras
 from keras import ops
 
-# The gate activations as Keras' own ops (the forward kernels glu_kernels' JAX backend calls too):
-# the integer path's epilogue, computed by Keras ops and differentiated by JAX.
-_ACTIVATIONS = {
-    "sigmoid": ops.sigmoid,
-    "silu": ops.silu,
-    "gelu": partial(ops.gelu, approximate=False),
-    "gelu_tanh": partial(ops.gelu, approximate=True),
-    "relu": ops.relu,
-    "linear": lambda g: g,
-}
+import glu_kernels
+
+# torch, float32: below this many kernel elements (D * 2U) dequantizing was as fast or faster
+TORCH_INTEGER_MIN_KERNEL = 1 << 17
 
 
-def multiplies_in_int8() -> bool:
-    """Whether ``integer_glu`` is the faster way on this backend (see the module's docstring)."""
-    return keras.backend.backend() == "jax"
+def multiplies_in_int8(kernel_shape: tuple[int, ...], compute_dtype: str) -> bool:
+    """Whether ``integer_glu`` is the faster way for this backend, kernel (D, 2, U) and compute
+    dtype (see the module's docstring)."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        large = math.prod(kernel_shape) >= TORCH_INTEGER_MIN_KERNEL
+        return compute_dtype == "float32" and large and not _torch_records()
+    return backend == "jax"
+
+
+def _torch_records() -> bool:
+    """Whether torch is recording a program to export (ONNX has no ``_int_mm``)."""
+    import torch
+
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.7
+    return torch.jit.is_tracing() or exporting()
+
+
+def has_no_rows(x: Any) -> bool:
+    """Whether x's shape is known to have a zero dimension."""
+    return any(d == 0 for d in x.shape)  # an unknown (None) dimension is not 0
+
+
+def _int8_matmul(x_int8: Any, kernel_int8: Any) -> Any:
+    """``x_int8 @ kernel_int8`` in int32, exact: (..., D) int8 times (D, N) int8."""
+    if keras.backend.backend() != "torch":
+        return ops.matmul(x_int8, kernel_int8)
+    import torch  # Keras' torch matmul of int8 is an int32 einsum (7-21x slower than float32)
+
+    *leading, d = x_int8.shape
+    h = torch._int_mm(x_int8.reshape(-1, d), kernel_int8)
+    return h.reshape(*leading, kernel_int8.shape[1])
+
+
+def _scaled_back(h_int32: Any, scale: Any) -> Any:
+    """``h_int32 / scale`` in float32."""
+    if keras.backend.backend() != "torch":
+        return ops.divide(ops.cast(h_int32, "float32"), scale)
+    return h_int32.float().div_(scale)  # in place: one (..., N) buffer, not one per Keras op
 
 
 def _straight_through(*args: Any, upstream: Any = None) -> Any:
@@ -94,11 +131,10 @@ def integer_glu(
             return dx, None, None  # the kernel is frozen
 
         x_int8, x_scale = quantizer(x, axis=-1)
-        h = ops.cast(ops.matmul(x_int8, kernel_int8), "float32")  # int32, exact
-        return ops.divide(h, ops.multiply(ops.cast(x_scale, "float32"), kernel_scale)), grad
+        h = _int8_matmul(x_int8, kernel_int8)  # int32, exact
+        return _scaled_back(h, ops.multiply(ops.cast(x_scale, "float32"), kernel_scale)), grad
 
     h = preactivation(x, kernel_int8, kernel_scale)
     if bias is not None:
         h = ops.add(h, ops.reshape(ops.cast(bias, "float32"), (2 * units,)))
-    a, g = h[..., :units], h[..., units:]
-    return ops.cast(ops.multiply(a, _ACTIVATIONS[activation](g)), dtype)
+    return ops.cast(glu_kernels.gated(h, activation=activation), dtype)

@@ -50,9 +50,11 @@ class GatedLinearUnit(keras.layers.Layer):
     as Keras quantizes ``Dense``, and so as it quantizes KMR's two sublayers, to the same int8
     values: per-column abs-max int8 kernel, inputs rounded to int8 per row on each call, bias
     kept; the kernel is then frozen and the input gradient passes straight through the rounding.
-    Under JAX the product is XLA's int8 GEMM (int32 accumulation), then the epilogue in float32;
-    under torch and TensorFlow one fused glu on the operands scaled back to floating point
-    (measured faster there; see :mod:`glu_keras._int8`).
+    Under JAX, and under torch in float32 for kernels of 2**17 elements and more, the product is an
+    int8 GEMM with int32 accumulation (XLA's, ``torch._int_mm``), then the scales, the bias and
+    the fused epilogue (:func:`glu_kernels.gated`) in float32; otherwise one fused glu on the
+    operands scaled back to floating point (each measured faster where it runs; see
+    :mod:`glu_keras._int8`).
 
     Mixed precision: variables stay float32 under ``mixed_float16``/``mixed_bfloat16`` policies
     (global or per layer); inputs and weights are cast to the compute dtype and the output has the
@@ -296,13 +298,17 @@ class GatedLinearUnit(keras.layers.Layer):
 
     def _int8_call(self, inputs: Any, training: bool | None = None) -> Any:
         x = self._dense_input(inputs)
-        if self.inputs_quantizer is not None and _int8.multiplies_in_int8():
+        quantizer = self.inputs_quantizer
+        if quantizer is not None and _int8.has_no_rows(x):
+            quantizer = None  # nothing to round; Keras' max refuses empty tensors (torch, TF)
+        integer = _int8.multiplies_in_int8(tuple(self.kernel.shape), self.compute_dtype)
+        if quantizer is not None and integer:
             return _int8.integer_glu(
                 x, self.kernel.value, self.kernel_scale.value, self._native_bias(),
-                self.inputs_quantizer, self.activation,
+                quantizer, self.activation,
             )  # fmt: skip
-        if self.inputs_quantizer is not None:
-            x = _int8.rounded_to_int8(x, self.inputs_quantizer)
+        if quantizer is not None:
+            x = _int8.rounded_to_int8(x, quantizer)
         kernel = _int8.dequantized(self.kernel.value, self.kernel_scale.value, self.compute_dtype)
         return glu_kernels.glu(x, kernel, self._native_bias(), activation=self.activation)
 

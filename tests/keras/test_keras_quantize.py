@@ -3,8 +3,10 @@ for KMR's two sublayers, saved and loaded, trainable where ``Dense`` is (this ba
 
 Oracles: Keras' own quantized ``Dense`` pair (KMR's layer, quantized by the same call), and the
 float64 reference evaluated on the int8 operands scaled back exactly. The tolerance is the float32
-one of tests/tolerances.py: both ways of multiplying (XLA's int8 GEMM, or a float32 GEMM on the
-scaled-back operands) round like one float32 GEMM of the same operands or better.
+one of tests/tolerances.py: both ways of multiplying (an int8 GEMM, exact, then float32 scales and
+epilogue; or a float32 GEMM on the scaled-back operands) round like one float32 GEMM of the same
+operands or better. The tests of values run both ways on every backend (``int8_path``), whichever
+the layer would choose for their small shapes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from glu_kernels.reference import glu_reference
 pytestmark = pytest.mark.keras
 
 ACTIVATIONS = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")
+
+
+@pytest.fixture(params=["integer", "dequantized"])
+def int8_path(request, monkeypatch) -> str:
+    """The way of multiplying (glu_keras/_int8.py), forced: each backend chooses by measurement
+    and shape, and the tests' shapes are small."""
+    monkeypatch.setattr(_int8, "multiplies_in_int8", lambda *args: request.param == "integer")
+    return request.param
 
 
 def quantized(units=8, input_dim=12, rng=None, *, config=None, **kwargs) -> GatedLinearUnit:
@@ -54,7 +64,7 @@ def assert_matches_reference(layer, x, y, activation="sigmoid", dtype="float32")
     assert_close(to_numpy(y), expected, scale, dtype, what=f"int8 GatedLinearUnit {activation}")
 
 
-def test_model_quantize_gives_keras_int8_values_of_kmr_sublayers(rng):
+def test_model_quantize_gives_keras_int8_values_of_kmr_sublayers(rng, int8_path):
     """``model.quantize("int8")`` on the fused layer and on KMR's two ``Dense`` sublayers holding
     the same weights: the same int8 kernels and scales, bit for bit, and the same outputs."""
     layer = GatedLinearUnit(8)
@@ -90,7 +100,7 @@ def test_model_quantize_gives_keras_int8_values_of_kmr_sublayers(rng):
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_quantized_layer_matches_reference_on_its_int8_operands(activation, rng):
+def test_quantized_layer_matches_reference_on_its_int8_operands(activation, rng, int8_path):
     layer = quantized(16, 24, rng, activation=activation)
     x = rng.normal(size=(4, 3, 24)).astype("float32")
     y = layer(x)
@@ -98,15 +108,38 @@ def test_quantized_layer_matches_reference_on_its_int8_operands(activation, rng)
     assert_matches_reference(layer, x, y, activation)
 
 
-def test_without_bias(rng):
+def test_without_bias(rng, int8_path):
     layer = quantized(8, 12, rng, use_bias=False)
     x = rng.normal(size=(5, 12)).astype("float32")
     assert_matches_reference(layer, x, layer(x))
 
 
-def test_multiplies_in_int8_under_jax_and_with_one_fused_glu_elsewhere(monkeypatch, rng):
-    """The measured choice (glu_keras/_int8.py): XLA's int8 GEMM under JAX; torch and TensorFlow
-    multiply the scaled-back operands in one glu_kernels.glu."""
+# (backend, compute dtype, input_dim, units) -> the way glu_keras/_int8.py's measurements chose
+_INTEGER_WHERE = {
+    ("jax", "float32", 12, 8): True,
+    ("jax", "float32", 256, 128): True,
+    ("jax", "float32", 256, 256): True,
+    ("jax", "mixed_bfloat16", 256, 256): True,
+    ("torch", "float32", 12, 8): False,
+    ("torch", "float32", 256, 128): False,  # 2**16 kernel elements: below the bound
+    ("torch", "float32", 256, 256): True,  # 2**17
+    ("torch", "mixed_bfloat16", 256, 256): False,
+    ("tensorflow", "float32", 12, 8): False,
+    ("tensorflow", "float32", 256, 128): False,
+    ("tensorflow", "float32", 256, 256): False,
+    ("tensorflow", "mixed_bfloat16", 256, 256): False,
+}
+
+
+@pytest.mark.parametrize(
+    "dtype, input_dim, units",
+    sorted({key[1:] for key in _INTEGER_WHERE}),
+    ids=lambda v: str(v),
+)
+def test_the_way_of_multiplying_is_the_measured_choice(dtype, input_dim, units, monkeypatch, rng):
+    """int8 GEMM (``integer_glu``) or one fused glu on the scaled-back operands, as measured per
+    backend, compute dtype and kernel size (glu_keras/_int8.py)."""
+    key = (keras.backend.backend(), dtype, input_dim, units)
     paths = []
 
     def counted(name, fn):
@@ -114,9 +147,19 @@ def test_multiplies_in_int8_under_jax_and_with_one_fused_glu_elsewhere(monkeypat
 
     monkeypatch.setattr(_int8, "integer_glu", counted("int8", _int8.integer_glu))
     monkeypatch.setattr(glu_kernels, "glu", counted("glu", glu_kernels.glu))
-    layer = quantized(8, 12, rng)
-    layer(rng.normal(size=(3, 12)).astype("float32"))
-    assert paths == (["int8"] if keras.backend.backend() == "jax" else ["glu"])
+    layer = quantized(units, input_dim, rng, dtype=dtype)
+    layer(rng.normal(size=(3, input_dim)).astype("float32"))
+    assert paths == (["int8"] if _INTEGER_WHERE[key] else ["glu"])
+
+
+@pytest.mark.parametrize("shape", [(0, 12), (2, 0, 12)], ids=str)
+def test_an_empty_batch_gives_an_empty_output(shape, int8_path):
+    """No rows to round: an empty (..., units) output (Keras' int8 Dense raises here under torch
+    and TensorFlow, "Cannot compute the max of an empty tensor")."""
+    layer = quantized(8, 12)
+    y = layer(np.zeros(shape, "float32"))
+    assert tuple(y.shape) == (*shape[:-1], 8)
+    assert keras.backend.standardize_dtype(y.dtype) == "float32"
 
 
 def test_weight_only_config_keeps_inputs_in_float_and_survives_saving(tmp_path, rng):
@@ -174,7 +217,7 @@ def test_quantized_model_saves_and_loads_bit_for_bit(tmp_path, rng):
     np.testing.assert_array_equal(to_numpy(fresh(x)), to_numpy(model(x)))
 
 
-def test_training_after_quantization_matches_kmr_int8_sublayers(rng):
+def test_training_after_quantization_matches_kmr_int8_sublayers(rng, int8_path):
     """One SGD step through Dense -> quantized GLU, against Dense -> KMR's layer whose two Dense
     are quantized: the kernel stays frozen, the bias trains, and the input gradient passes
     straight through the rounding of the inputs, as in Keras' int8 Dense (the first Dense's
@@ -209,7 +252,7 @@ def test_training_after_quantization_matches_kmr_int8_sublayers(rng):
     np.testing.assert_allclose(fused_first, unfused_first, atol=2e-5)
 
 
-def test_mixed_bfloat16_quantized(monkeypatch, rng):
+def test_mixed_bfloat16_quantized(monkeypatch, rng, int8_path):
     """bfloat16 compute: the kernel is scaled back in float32 (the scale is read unrounded inside
     the call, where Keras' autocast would round float32 variables to bfloat16), rounded once."""
     scale_dtypes = []
