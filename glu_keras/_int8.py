@@ -5,15 +5,15 @@ Values: ``kernel ~= kernel_int8 / kernel_scale`` (one scale per output column) a
 kernel is frozen; the input gradient passes straight through the rounding, as in ``Dense``.
 
 Two ways to multiply, chosen from measurements on a 2-core AVX-512 CPU (SwiGLU, float32 unless
-said). ``integer_glu``: the product in int8 with int32 accumulation, exact, then the scales, the
-bias and the fused epilogue (:func:`glu_kernels.gated`) in float32. The other way: the operands
-scaled back (``rounded_to_int8``, ``dequantized``: the kernel on every call) and multiplied by one
-fused :func:`glu_kernels.glu` in the compute dtype.
+said). ``integer_preactivation``: the product in int8 with int32 accumulation, exact, then the
+scales and the bias in float32, and the caller's fused epilogue (:func:`glu_kernels.gated`) in
+float32. The other way: the operands scaled back (``rounded_to_int8``, ``dequantized``: the
+kernel on every call) and multiplied by one fused :func:`glu_kernels.glu` in the compute dtype.
 
-- JAX: ``integer_glu`` (XLA's int8 GEMM is 2-4x faster than its float32 GEMM at 1024x256->256 and
-  2048x1024->1024). ``gated``'s lean gradient: a jitted input-and-bias gradient 0.6-0.85x the
-  time of autodiff through Keras ops' epilogue (same forward bits).
-- torch: ``integer_glu`` (``torch._int_mm``) in float32 for kernels of
+- JAX: ``integer_preactivation`` (XLA's int8 GEMM is 2-4x faster than its float32 GEMM at
+  1024x256->256 and 2048x1024->1024). ``gated``'s lean gradient: a jitted input-and-bias
+  gradient 0.6-0.85x the time of autodiff through Keras ops' epilogue (same forward bits).
+- torch: ``integer_preactivation`` (``torch._int_mm``) in float32 for kernels of
   ``TORCH_INTEGER_MIN_KERNEL`` elements and more: inference 2.5 against 2.6 ms at 1024x256->256,
   3.5 / 5.6 ms at 1024x512->512, 21 / 38 ms at 2048x1024->1024, 107 / 151 ms at 4096x1024->2048;
   a training step 3.2 / 3.3 ms and 51 / 65 ms. Smaller kernels dequantize (1024x128->128: 1.03
@@ -33,15 +33,13 @@ from typing import Any
 import keras
 from keras import ops
 
-import glu_kernels
-
 # torch, float32: below this many kernel elements (D * 2U) dequantizing was as fast or faster
 TORCH_INTEGER_MIN_KERNEL = 1 << 17
 
 
 def multiplies_in_int8(kernel_shape: tuple[int, ...], compute_dtype: str) -> bool:
-    """Whether ``integer_glu`` is the faster way for this backend, kernel (D, 2, U) and compute
-    dtype (see the module's docstring)."""
+    """Whether ``integer_preactivation`` is the faster way for this backend, kernel (D, 2, U)
+    and compute dtype (see the module's docstring)."""
     backend = keras.backend.backend()
     if backend == "torch":
         large = math.prod(kernel_shape) >= TORCH_INTEGER_MIN_KERNEL
@@ -101,18 +99,18 @@ def dequantized(kernel_int8: Any, kernel_scale: Any, dtype: str) -> Any:
     return ops.cast(ops.divide(ops.cast(kernel_int8, "float32"), kernel_scale), dtype)
 
 
-def integer_glu(
+def integer_preactivation(
     x: Any,
     kernel_int8: Any,
     kernel_scale: Any,
     bias: Any,
     quantizer: Any,
-    activation: str,
 ) -> Any:
-    """``a * act(g)``, ``[a | g] = (x_int8 @ kernel_int8) / (x_scale * kernel_scale) + bias``.
+    """``h = (x_int8 @ kernel_int8) / (x_scale * kernel_scale) + bias`` in float32, (..., 2U).
 
-    The GEMM in int8 with int32 accumulation (exact), everything after it in float32, rounded
-    once to x's dtype. Kernel (D, 2, U) int8, scale (2, U), bias (2, U) or None.
+    The GEMM in int8 with int32 accumulation (exact), the scales and the bias in float32. Kernel
+    (D, 2, U) int8, scale (2, U), bias (2, U) or None. The caller applies
+    :func:`glu_kernels.gated` and rounds once to its dtype.
     """
     dtype = x.dtype
     d, _, units = kernel_int8.shape
@@ -137,4 +135,17 @@ def integer_glu(
     h = preactivation(x, kernel_int8, kernel_scale)
     if bias is not None:
         h = ops.add(h, ops.reshape(ops.cast(bias, "float32"), (2 * units,)))
-    return ops.cast(glu_kernels.gated(h, activation=activation), dtype)
+    return h
+
+
+def requantized(kernel: Any, weight_quantizer: Any) -> tuple[Any, Any]:
+    """``kernel`` (D, 2, U), float, as int8 with one scale per output column: ``(int8, (2, U))``."""
+    kernel_int8, kernel_scale = weight_quantizer(kernel, to_numpy=True)
+    kernel_scale = ops.squeeze(kernel_scale, axis=0)
+    if tuple(kernel_scale.shape) != tuple(kernel.shape)[1:]:
+        raise ValueError(
+            "The weight quantizer must reduce over the input axis (axis=0) and give one scale "
+            f"per output column, shape {tuple(kernel.shape)[1:]}. "
+            f"Received: kernel_scale.shape={tuple(kernel_scale.shape)}"
+        )
+    return kernel_int8, kernel_scale

@@ -81,6 +81,10 @@ class GatedLinearUnit(keras.layers.Layer):
         propagate_mask: pass an incoming Keras mask (``Embedding(mask_zero=True)``, ``Masking``)
             on to the next layers, as ``Dense`` does. KMR's layer drops it (Keras warns); models
             loaded through ``kmr_custom_objects`` get ``False``, so they compute what they did.
+        lora_rank: if set, :meth:`enable_lora` with this rank when the layer is built (as
+            ``Dense``); set by Keras when a LoRA-enabled model loads.
+        lora_alpha: the LoRA scale's numerator (the update is ``lora_alpha / lora_rank * a @ b``);
+            default ``lora_rank``.
         quantization_config: the ``keras.quantizers.Int8QuantizationConfig`` of a layer quantized
             with ``quantize("int8", config=...)``; set by Keras when a quantized model loads.
         **kwargs: base ``keras.layers.Layer`` arguments (``dtype``, ``trainable``,
@@ -115,6 +119,8 @@ class GatedLinearUnit(keras.layers.Layer):
         kernel_constraint: Any = None,
         bias_constraint: Any = None,
         propagate_mask: bool = True,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
         quantization_config: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -134,6 +140,9 @@ class GatedLinearUnit(keras.layers.Layer):
         self.propagate_mask = bool(propagate_mask)
         self.supports_masking = self.propagate_mask
         self.quantization_config = quantization_config
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
+        self.lora_enabled = False
         self.kernel = None
         self.bias = None
         # Set by glu_keras.kmr_custom_objects() on layers deserialized from a KMR config: their own
@@ -169,10 +178,15 @@ class GatedLinearUnit(keras.layers.Layer):
                 constraint=per_half_constraint(self.bias_constraint),
             )
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+        if self.lora_rank:  # a LoRA-enabled layer being loaded, or lora_rank= given
+            self.built = True  # as Dense: enable_lora needs a built layer
+            self.enable_lora(self.lora_rank, self.lora_alpha)
 
     def call(self, inputs: Any) -> Any:
         x = self._dense_input(inputs)
         kernel = self._native(self.kernel, self.compute_dtype)
+        if self.lora_enabled:
+            return self._glu_with_lora(x, x, kernel)
         return glu_kernels.glu(x, kernel, self._native_bias(), activation=self.activation)
 
     def _dense_input(self, inputs: Any) -> Any:
@@ -223,6 +237,9 @@ class GatedLinearUnit(keras.layers.Layer):
             config["quantization_config"] = keras.saving.serialize_keras_object(
                 self.quantization_config
             )
+        if self.lora_rank:
+            config["lora_rank"] = self.lora_rank
+            config["lora_alpha"] = self.lora_alpha
         return config
 
     @classmethod
@@ -232,6 +249,96 @@ class GatedLinearUnit(keras.layers.Layer):
             config.get("quantization_config")
         )
         return super().from_config(config)
+
+    # --- LoRA (Keras' `enable_lora` protocol, as `Dense`) --------------------------------------
+
+    def enable_lora(
+        self,
+        rank: int,
+        lora_alpha: float | None = None,
+        a_initializer: Any = "he_uniform",
+        b_initializer: Any = "zeros",
+    ) -> None:
+        """Freezes the kernel and adds a trainable low-rank update, as ``Dense.enable_lora``.
+
+        The layer then computes ``glu`` with the kernel ``kernel + (lora_alpha / rank) *
+        lora_kernel_a @ lora_kernel_b``: ``lora_kernel_a`` (input_dim, rank) and ``lora_kernel_b``
+        (rank, 2, units), float32, one adapter on the packed kernel (as a ``Dense`` of 2 * units
+        columns; KMR's two ``Dense`` would each have their own ``lora_kernel_a``). The update runs
+        as its own low-rank branch, ``(x @ a) @ b`` added to the pre-activation, so the frozen
+        kernel costs no gradient GEMM. Saving merges it into the kernel (re-quantized if the layer
+        is int8, as ``Dense`` does); a loaded layer restarts from a zero update.
+
+        Example:
+            >>> import keras
+            >>> from glu_keras import GatedLinearUnit
+            >>> layer = GatedLinearUnit(8)
+            >>> layer.build((None, 16))
+            >>> layer.enable_lora(2)
+            >>> [w.name for w in layer.trainable_weights]
+            ['bias', 'lora_kernel_a', 'lora_kernel_b']
+
+        Raises:
+            ValueError: on an unbuilt layer, a layer with a kernel constraint, or a second call
+                (Keras' words for ``Dense``).
+        """
+        if self.kernel_constraint:
+            raise ValueError(
+                "Lora is incompatible with kernel constraints. In order to enable lora on this "
+                "layer, remove the `kernel_constraint` argument."
+            )
+        if not self.built:
+            raise ValueError("Cannot enable lora on a layer that isn't yet built.")
+        if self.lora_enabled:
+            raise ValueError("lora is already enabled. This can only be done once per layer.")
+        input_dim = self.kernel.shape[0]
+        self._tracker.unlock()
+        self.lora_kernel_a = self.add_weight(
+            name="lora_kernel_a",
+            shape=(input_dim, rank),
+            initializer=initializers.get(a_initializer),
+            dtype="float32",  # as Dense: no underflow of small updates under mixed precision
+            regularizer=self.kernel_regularizer,
+        )
+        self.lora_kernel_b = self.add_weight(
+            name="lora_kernel_b",
+            shape=(rank, 2, self.units),
+            initializer=initializers.get(b_initializer),
+            dtype="float32",
+            regularizer=self.kernel_regularizer,
+        )
+        self.kernel.trainable = False
+        self._tracker.lock()
+        self.lora_enabled = True
+        self.lora_rank = rank
+        self.lora_alpha = lora_alpha if lora_alpha is not None else rank
+
+    def _lora_update(self, x: Any) -> Any:
+        """``(lora_alpha / rank) * (x @ lora_kernel_a) @ lora_kernel_b``, (..., 2U)."""
+        a = self._native(self.lora_kernel_a, self.compute_dtype)
+        b = ops.reshape(self._native(self.lora_kernel_b, self.compute_dtype), (self.lora_rank, -1))
+        return ops.multiply(ops.matmul(ops.matmul(x, a), b), self.lora_alpha / self.lora_rank)
+
+    def _glu_with_lora(self, x: Any, x_product: Any, kernel: Any) -> Any:
+        """``gated(x_product @ kernel + bias + update(x))``: the frozen kernel's product, then the
+        low-rank branch (on the unrounded x under int8, as ``Dense``)."""
+        h = ops.matmul(x_product, ops.reshape(kernel, (kernel.shape[0], 2 * self.units)))
+        if self.use_bias:
+            h = ops.add(h, ops.reshape(self._native_bias(), (2 * self.units,)))
+        h = ops.add(h, self._lora_update(x))
+        return glu_kernels.gated(h, activation=self.activation)
+
+    def _merged_kernel(self) -> Any:
+        """The kernel with the LoRA update added, in float32 (int8 kernels scaled back first)."""
+        if self.quantization_mode == "int8":
+            kernel = _int8.dequantized(self.kernel, self.kernel_scale, "float32")
+        else:
+            kernel = ops.cast(self.kernel, "float32")
+        update = ops.matmul(
+            self.lora_kernel_a, ops.reshape(self.lora_kernel_b, (self.lora_rank, -1))
+        )
+        update = ops.multiply(update, self.lora_alpha / self.lora_rank)
+        return ops.add(kernel, ops.reshape(update, tuple(kernel.shape)))
 
     # --- int8 quantization (Keras' `quantize` protocol, the scheme of `Dense`'s "int8" mode) ----
 
@@ -262,14 +369,7 @@ class GatedLinearUnit(keras.layers.Layer):
             config, quantizers.AbsMaxQuantizer(axis=0)
         )
         kernel_shape = tuple(self.kernel.shape)
-        kernel_value, kernel_scale = weight_quantizer(self.kernel, to_numpy=True)
-        kernel_scale = ops.squeeze(kernel_scale, axis=0)
-        if tuple(kernel_scale.shape) != kernel_shape[1:]:
-            raise ValueError(
-                "The weight quantizer must reduce over the input axis (axis=0) and give one scale "
-                f"per output column, shape {kernel_shape[1:]}. "
-                f"Received: kernel_scale.shape={tuple(kernel_scale.shape)}"
-            )
+        kernel_value, kernel_scale = _int8.requantized(self.kernel, weight_quantizer)
         self.quantization_config = config
         del self.kernel
         self.quantized_build(kernel_shape, mode, config)
@@ -303,41 +403,67 @@ class GatedLinearUnit(keras.layers.Layer):
             quantizer = None  # nothing to round; Keras' max refuses empty tensors (torch, TF)
         integer = _int8.multiplies_in_int8(tuple(self.kernel.shape), self.compute_dtype)
         if quantizer is not None and integer:
-            return _int8.integer_glu(
-                x, self.kernel.value, self.kernel_scale.value, self._native_bias(),
-                quantizer, self.activation,
-            )  # fmt: skip
-        if quantizer is not None:
-            x = _int8.rounded_to_int8(x, quantizer)
+            h = _int8.integer_preactivation(
+                x, self.kernel.value, self.kernel_scale.value, self._native_bias(), quantizer
+            )
+            if self.lora_enabled:
+                h = ops.add(h, ops.cast(self._lora_update(x), "float32"))
+            return ops.cast(glu_kernels.gated(h, activation=self.activation), self.compute_dtype)
+        x_product = x if quantizer is None else _int8.rounded_to_int8(x, quantizer)
         kernel = _int8.dequantized(self.kernel.value, self.kernel_scale.value, self.compute_dtype)
-        return glu_kernels.glu(x, kernel, self._native_bias(), activation=self.activation)
+        if self.lora_enabled:
+            return self._glu_with_lora(x, x_product, kernel)
+        return glu_kernels.glu(x_product, kernel, self._native_bias(), activation=self.activation)
 
     def save_own_variables(self, store: Any) -> None:
-        if self.quantization_mode is None:
+        if self.quantization_mode is None and not self.lora_enabled:
             super().save_own_variables(store)
             return
-        if self.quantization_mode != "int8":
+        if self.quantization_mode not in (None, "int8"):
             raise self._quantization_mode_error(self.quantization_mode)
-        if self.built:  # Dense's order for int8: kernel, bias, kernel_scale
-            for i, variable in enumerate(self._quantized_variables()):
-                store[str(i)] = variable
+        if not self.built:
+            return
+        values = self._saved_variables()  # a LoRA update is merged into the kernel, as by Dense
+        if self.lora_enabled:
+            kernel = self._merged_kernel()
+            if self.quantization_mode == "int8":
+                kernel, values[-1] = _int8.requantized(kernel, self._weight_quantizer())
+            values[0] = ops.cast(kernel, self.kernel.dtype)
+        for i, value in enumerate(values):
+            store[str(i)] = value
 
-    def _quantized_variables(self) -> list[Any]:
-        return [self.kernel, *([self.bias] if self.use_bias else []), self.kernel_scale]
+    def _saved_variables(self) -> list[Any]:
+        # Dense's order: kernel, bias, then kernel_scale for int8
+        variables = [self.kernel, *([self.bias] if self.use_bias else [])]
+        return variables + ([self.kernel_scale] if self.quantization_mode == "int8" else [])
+
+    def _weight_quantizer(self) -> Any:
+        return quantizers.QuantizationConfig.weight_quantizer_or_default(
+            self.quantization_config, quantizers.AbsMaxQuantizer(axis=0)
+        )
 
     # --- Saving and KMR migration ----------------------------------------------------------------
 
     def load_own_variables(self, store: Any) -> None:
         if len(store.keys()) == 0 and (self._kmr_compat or holds_kmr_halves(store)):
             return  # a KMR file: the `linear` and `sigmoid` views below receive the weights
-        if self.quantization_mode is None:
+        if self.quantization_mode is None and not self.lora_enabled:
             super().load_own_variables(store)
             return
-        if self.quantization_mode != "int8":
+        if self.quantization_mode not in (None, "int8"):
             raise self._quantization_mode_error(self.quantization_mode)
-        self._check_load_own_variables(store)  # the count, with Keras' own message
-        for i, variable in enumerate(self._quantized_variables()):
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):  # Keras' words, counting the saved variables
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables, but received "
+                f"{len(store.keys())} variables during loading. "
+                f"Expected: {[v.name for v in variables]}"
+            )
+        for i, variable in enumerate(variables):
             variable.assign(store[str(i)])
+        if self.lora_enabled:  # the update was merged into the kernel when saved
+            self.lora_kernel_a.assign(ops.zeros(self.lora_kernel_a.shape))
+            self.lora_kernel_b.assign(ops.zeros(self.lora_kernel_b.shape))
 
     def _kmr_view(self, half: int) -> KMRSublayerView:
         # One view per half, kept for the layer's lifetime: Keras' saving walk tells objects apart

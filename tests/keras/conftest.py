@@ -47,3 +47,13 @@ def _float32_policy_and_seed():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(params=["integer", "dequantized"])
+def int8_path(request, monkeypatch) -> str:
+    """The way an int8 layer multiplies (glu_keras/_int8.py), forced: each backend chooses by
+    measurement and shape, and the tests' shapes are small."""
+    from glu_keras import _int8
+
+    monkeypatch.setattr(_int8, "multiplies_in_int8", lambda *args: request.param == "integer")
+    return request.param

@@ -29,14 +29,6 @@ pytestmark = pytest.mark.keras
 ACTIVATIONS = ("sigmoid", "silu", "gelu", "gelu_tanh", "relu", "linear")
 
 
-@pytest.fixture(params=["integer", "dequantized"])
-def int8_path(request, monkeypatch) -> str:
-    """The way of multiplying (glu_keras/_int8.py), forced: each backend chooses by measurement
-    and shape, and the tests' shapes are small."""
-    monkeypatch.setattr(_int8, "multiplies_in_int8", lambda *args: request.param == "integer")
-    return request.param
-
-
 def quantized(units=8, input_dim=12, rng=None, *, config=None, **kwargs) -> GatedLinearUnit:
     layer = GatedLinearUnit(units, **kwargs)
     layer.build((None, input_dim))
@@ -137,15 +129,17 @@ _INTEGER_WHERE = {
     ids=lambda v: str(v),
 )
 def test_the_way_of_multiplying_is_the_measured_choice(dtype, input_dim, units, monkeypatch, rng):
-    """int8 GEMM (``integer_glu``) or one fused glu on the scaled-back operands, as measured per
-    backend, compute dtype and kernel size (glu_keras/_int8.py)."""
+    """int8 GEMM (``integer_preactivation``) or one fused glu on the scaled-back operands, as
+    measured per backend, compute dtype and kernel size (glu_keras/_int8.py)."""
     key = (keras.backend.backend(), dtype, input_dim, units)
     paths = []
 
     def counted(name, fn):
         return lambda *args, **kwargs: paths.append(name) or fn(*args, **kwargs)
 
-    monkeypatch.setattr(_int8, "integer_glu", counted("int8", _int8.integer_glu))
+    monkeypatch.setattr(
+        _int8, "integer_preactivation", counted("int8", _int8.integer_preactivation)
+    )
     monkeypatch.setattr(glu_kernels, "glu", counted("glu", glu_kernels.glu))
     layer = quantized(units, input_dim, rng, dtype=dtype)
     layer(rng.normal(size=(3, input_dim)).astype("float32"))
@@ -265,7 +259,7 @@ def test_mixed_bfloat16_quantized(monkeypatch, rng, int8_path):
 
         return wrapped
 
-    monkeypatch.setattr(_int8, "integer_glu", spy(_int8.integer_glu, 2))
+    monkeypatch.setattr(_int8, "integer_preactivation", spy(_int8.integer_preactivation, 2))
     monkeypatch.setattr(_int8, "dequantized", spy(_int8.dequantized, 1))
     layer = quantized(8, 12, rng, dtype="mixed_bfloat16")
     assert layer.dtype_policy.name == "int8_from_mixed_bfloat16"
