@@ -13,7 +13,7 @@ kernel on every call) and multiplied by one fused :func:`glu_kernels.glu` in the
 - JAX: ``integer_preactivation`` (XLA's int8 GEMM is 2-4x faster than its float32 GEMM at
   1024x256->256 and 2048x1024->1024). ``gated``'s lean gradient: a jitted input-and-bias
   gradient 0.6-0.85x the time of autodiff through Keras ops' epilogue (same forward bits).
-- torch: ``integer_preactivation`` (``torch._int_mm``) in float32 for kernels of
+- torch: ``integer_preactivation`` (``torch._int_mm``) on the CPU, in float32, for kernels of
   ``TORCH_INTEGER_MIN_KERNEL`` elements and more: inference 2.5 against 2.6 ms at 1024x256->256,
   3.5 / 5.6 ms at 1024x512->512, 21 / 38 ms at 2048x1024->1024, 107 / 151 ms at 4096x1024->2048;
   a training step 3.2 / 3.3 ms and 51 / 65 ms. Smaller kernels dequantize (1024x128->128: 1.03
@@ -21,6 +21,8 @@ kernel on every call) and multiplied by one fused :func:`glu_kernels.glu` in the
   GEMM is as fast as ``_int_mm`` (2048x1024->1024: 22 against 16 ms). Keras' own torch int8
   matmul is an int32 einsum, 7-21x slower than float32.
 - TensorFlow: dequantize (its int8 matmul is 3.5-5.5x slower than float32 on the CPU).
+- Inputs quantized to another type than int8 (an ``activation_quantizer`` with
+  ``output_dtype="int16"``, which Keras accepts): dequantize, on every backend.
 
 The int8 values are the same either way; the results differ by a float32 GEMM's rounding.
 """
@@ -37,13 +39,21 @@ from keras import ops
 TORCH_INTEGER_MIN_KERNEL = 1 << 17
 
 
-def multiplies_in_int8(kernel_shape: tuple[int, ...], compute_dtype: str) -> bool:
-    """Whether ``integer_preactivation`` is the faster way for this backend, kernel (D, 2, U)
-    and compute dtype (see the module's docstring)."""
+def multiplies_in_int8(
+    x: Any, quantizer: Any, kernel_shape: tuple[int, ...], compute_dtype: str
+) -> bool:
+    """Whether ``integer_preactivation`` is the faster way for this backend, input, input
+    quantizer, kernel (D, 2, U) and compute dtype (see the module's docstring)."""
+    if getattr(quantizer, "output_dtype", None) != "int8":
+        return False  # e.g. int16 inputs: an int16 x int8 product is no int8 GEMM (XLA: int16 sums)
     backend = keras.backend.backend()
     if backend == "torch":
-        large = math.prod(kernel_shape) >= TORCH_INTEGER_MIN_KERNEL
-        return compute_dtype == "float32" and large and not _torch_records()
+        return (
+            x.device.type == "cpu"  # measured there; CUDA's _int_mm wants > 16 rows, sizes % 8
+            and compute_dtype == "float32"
+            and math.prod(kernel_shape) >= TORCH_INTEGER_MIN_KERNEL
+            and not _torch_records()
+        )
     return backend == "jax"
 
 

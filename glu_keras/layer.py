@@ -401,8 +401,8 @@ class GatedLinearUnit(keras.layers.Layer):
         quantizer = self.inputs_quantizer
         if quantizer is not None and _int8.has_no_rows(x):
             quantizer = None  # nothing to round; Keras' max refuses empty tensors (torch, TF)
-        integer = _int8.multiplies_in_int8(tuple(self.kernel.shape), self.compute_dtype)
-        if quantizer is not None and integer:
+        shape, dtype = tuple(self.kernel.shape), self.compute_dtype
+        if quantizer is not None and _int8.multiplies_in_int8(x, quantizer, shape, dtype):
             h = _int8.integer_preactivation(
                 x, self.kernel.value, self.kernel_scale.value, self._native_bias(), quantizer
             )

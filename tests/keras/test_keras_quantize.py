@@ -156,6 +156,47 @@ def test_an_empty_batch_gives_an_empty_output(shape, int8_path):
     assert keras.backend.standardize_dtype(y.dtype) == "float32"
 
 
+def test_inputs_quantized_to_another_integer_type_are_not_multiplied_in_int8(rng):
+    """An int16 input quantizer (Keras accepts it; only the kernel must be int8): the operands are
+    scaled back, on every backend (an int16 x int8 product overflowed XLA's int16 sums, and
+    ``torch._int_mm`` takes int8 only)."""
+    quantizer = keras.quantizers.AbsMaxQuantizer(output_dtype="int16")
+    config = keras.quantizers.Int8QuantizationConfig(activation_quantizer=quantizer)
+    layer = quantized(256, 256, rng, config=config, activation="silu")  # 2**17: integer-sized
+    x = rng.normal(size=(4, 256)).astype("float32")
+    x_int16, x_scale = quantizer(keras.ops.convert_to_tensor(x), axis=-1)
+    x_q = to_numpy(x_int16).astype(np.float64) / to_numpy(x_scale).astype(np.float64)
+    kernel = to_numpy(layer.kernel).astype(np.float64) / to_numpy(layer.kernel_scale)
+    bias = to_numpy(layer.bias)
+    expected = glu_reference(x_q, kernel, bias, "silu")
+    scale = output_scale(x_q, kernel, bias, "silu")
+    assert_close(to_numpy(layer(x)), expected, scale, "float32", what="int16-input int8 layer")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's device and recording")
+def test_torch_multiplies_in_int8_on_the_cpu_only_and_not_while_recording(monkeypatch, rng):
+    """CUDA's ``_int_mm`` has size rules (rows > 16, sizes multiple of 8) and was not measured;
+    ``torch.jit.trace`` records for TorchScript's ONNX exporter, which lacks ``_int_mm``."""
+    import torch
+
+    quantizer, shape = keras.quantizers.AbsMaxQuantizer(), (256, 2, 256)
+    cpu, meta = torch.empty(4, 256), torch.empty(4, 256, device="meta")
+    assert _int8.multiplies_in_int8(cpu, quantizer, shape, "float32")
+    assert not _int8.multiplies_in_int8(meta, quantizer, shape, "float32")
+    paths = []
+    integer = _int8.integer_preactivation
+    monkeypatch.setattr(
+        _int8, "integer_preactivation", lambda *a, **k: paths.append("int8") or integer(*a, **k)
+    )
+    layer = quantized(256, 256, rng)
+    x = torch.randn(4, 256)
+    layer(x)
+    assert paths == ["int8"]
+    traced = torch.jit.trace(layer, (x,), check_trace=False)  # a Keras torch layer is a Module
+    assert paths == ["int8"]  # not while tracing
+    np.testing.assert_allclose(to_numpy(traced(x)), to_numpy(layer(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_weight_only_config_keeps_inputs_in_float_and_survives_saving(tmp_path, rng):
     config = keras.quantizers.Int8QuantizationConfig(
         weight_quantizer=keras.quantizers.AbsMaxQuantizer(axis=0), activation_quantizer=None
