@@ -3,7 +3,7 @@
 ``glu(x, w, b)`` computes ``a * act(g)`` where ``[a | g] = x @ [W | V] + b``, with one matmul on the
 packed weight, a fused epilogue, and a custom gradient that keeps only the pre-activation;
 ``gated(h)`` is that epilogue alone, for a pre-activation from the caller's own matmul. The
-framework is taken from the arrays' type; ``explain`` says what runs and why.
+framework is taken from the arrays' type; ``explain`` and ``explain_gated`` say what runs and why.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "reglu",
     "bilinear",
     "explain",
+    "explain_gated",
     "available_backends",
     "ACTIVATIONS",
 ]
@@ -161,10 +162,19 @@ def gated(h: Array, *, activation: str = "sigmoid") -> Array:
         a, g = np.split(h, 2, axis=-1)
         out = a * act(g)
     """
+    backend, spec = _prepare_gated(h, activation)
+    try:
+        return backend.gated(h, spec)
+    except RuntimeError as error:
+        _dispatch.refuse_not_dense(error, "gated", h=h)
+        raise
+
+
+def _prepare_gated(h: Any, activation: str):
     try:
         backend = _dispatch.backend_of_array(h, "h", "gated")
         key = (backend.shape(h), backend.stored_dtype_name(h), activation)  # autocast or not
-        return backend.gated(h, _validated(_check_gated, _validate.check_gated, key))
+        return backend, _validated(_check_gated, _validate.check_gated, key)
     except RuntimeError as error:
         _dispatch.refuse_not_dense(error, "gated", h=h)
         raise
@@ -232,6 +242,37 @@ def explain(
             f"D={spec.features}, U={spec.units}, weight {weight}"
             f", {'with' if spec.has_bias else 'no'} bias",
             f"implementation: {backend.implementation(spec)}",
+            f"precision: {precision}",
+            f"saved for backward: {saved}",
+        ]
+    )
+
+
+def explain_gated(h: Any, *, activation: str = "sigmoid") -> str:
+    """Says which backend and implementation ``gated`` would run for this h, and why.
+
+    Validates exactly as ``gated`` does (so a bad call raises the same error) but computes nothing.
+
+    Example:
+        >>> import numpy as np, glu_kernels as gk
+        >>> print(gk.explain_gated(np.ones((8, 6)), activation="silu").splitlines()[1])
+        op: SwiGLU epilogue, out = a * silu(g), U=3
+    """
+    backend, spec = _prepare_gated(h, activation)
+    t = type(h)
+    elementwise = "epilogue and backward elementwise pass" if backend.DIFFERENTIABLE else "epilogue"
+    precision = (
+        f"{spec.dtype} in and out; {elementwise} in float32, rounded once"
+        if spec.compute_dtype != spec.dtype
+        else f"{spec.dtype} throughout"
+    )
+    saved = "h (..., 2U) only" if backend.DIFFERENTIABLE else "nothing (forward only)"
+    return "\n".join(
+        [
+            f"backend: {backend.NAME} (h is {t.__module__}.{t.__qualname__})",
+            f"op: {spec.activation.variant} epilogue, out = a * {spec.activation.name}(g), "
+            f"U={spec.units}",
+            f"implementation: {backend.gated_implementation(spec)}",
             f"precision: {precision}",
             f"saved for backward: {saved}",
         ]

@@ -199,10 +199,10 @@ GATED_ERRORS = [
 ]
 
 
-def _gated_error(backend, shape, dtype, kwargs) -> Exception:
+def _gated_error(backend, shape, dtype, kwargs, op=gk.gated) -> Exception:
     h = ba.to_backend(backend, np.ones(shape), dtype)
     with pytest.raises(Exception) as info:
-        gk.gated(h, **kwargs)
+        op(h, **kwargs)
     return info.value
 
 
@@ -218,7 +218,35 @@ def test_gated_bad_input_same_words_on_every_backend(name, shape, dtype, kwargs,
         assert type(raised) is error, f"{backend}: {type(raised).__name__}: {raised}"
         assert re.search(match, str(raised)), f"{backend}: {raised}"
         messages[backend] = str(raised)
+        explained = _gated_error(backend, shape, dtype, kwargs, gk.explain_gated)
+        assert (type(explained), str(explained)) == (error, str(raised)), "explain_gated"
     assert len(set(messages.values())) == 1, messages
+
+
+@pytest.mark.parametrize(
+    "activation, variant",
+    [("sigmoid", "GLU"), ("swish", "SwiGLU"), ("gelu_tanh", "GeGLU (tanh approximation)")],
+)
+@pytest.mark.parametrize("backend", ba.backend_params())
+def test_explain_gated(backend, activation, variant):
+    name = "silu" if activation == "swish" else activation
+    for dtype in ("bfloat16" if backend != "numpy" else "float16", "float32"):
+        text = gk.explain_gated(
+            ba.to_backend(backend, np.ones((8, 6)), dtype), activation=activation
+        )
+        lines = dict(line.split(": ", 1) for line in text.splitlines())
+        assert lines["backend"].startswith(f"{backend} (h is ")
+        assert lines["op"] == f"{variant} epilogue, out = a * {name}(g), U=3"
+        assert lines["implementation"]
+        if dtype == "float32":
+            assert lines["precision"] == "float32 throughout"
+        else:
+            assert lines["precision"].startswith(f"{dtype} in and out;")
+            assert ("backward" in lines["precision"]) == (backend != "numpy")
+        forward_only = backend == "numpy"
+        assert lines["saved for backward"] == (
+            "nothing (forward only)" if forward_only else "h (..., 2U) only"
+        )
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], 3.0, "h"], ids=["list", "float", "str"])

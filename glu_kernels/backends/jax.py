@@ -225,3 +225,10 @@ def implementation(spec: GluSpec) -> str:
         "of the U axis, so U-sharded weights need no collective), epilogue and backward pass fused "
         "by XLA"
     )
+
+
+def gated_implementation(spec: GatedSpec) -> str:
+    return (
+        "jax.jit of a jax.custom_vjp: the epilogue and its backward pass fused by XLA (inlined "
+        "into an enclosing jit)"
+    )

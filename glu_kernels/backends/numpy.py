@@ -101,3 +101,8 @@ def implementation(spec: GluSpec) -> str:
     return (
         f"numpy.matmul on the packed (D, 2U) weight, epilogue in NumPy ({precision}); forward only"
     )
+
+
+def gated_implementation(spec: GatedSpec) -> str:
+    precision = "float32 for 16-bit inputs" if spec.compute_dtype != spec.dtype else spec.dtype
+    return f"the epilogue in NumPy ({precision}); forward only"

@@ -249,3 +249,11 @@ def implementation(spec: GluSpec) -> str:
         f">= {_XLA_MIN_ELEMENTS} elements in h, else as TensorFlow ops (fused by XLA under "
         "jit_compile=True); tf.custom_gradient backward"
     )
+
+
+def gated_implementation(spec: GatedSpec) -> str:
+    return (
+        "the epilogue and the backward elementwise pass as one XLA-compiled function each for "
+        f"eager calls of >= {_XLA_MIN_ELEMENTS} elements in h, else as TensorFlow ops (fused by "
+        "XLA under jit_compile=True); tf.custom_gradient backward"
+    )

@@ -689,18 +689,31 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], spec.units)
 
 
+def _epilogue_words(activation: str) -> str:
+    if activation == "sigmoid":
+        return "F.glu (one fused pass)"
+    return f"ATen's {activation} kernel and an in-place multiply"
+
+
 def implementation(spec: GluSpec) -> str:
-    act = spec.activation.name
-    if act == "sigmoid":
-        epilogue = "F.glu (one fused pass)"
-    else:
-        epilogue = f"ATen's {act} kernel and an in-place multiply"
     return (
-        f"torch.addmm on the packed (D, 2U) weight, then {epilogue}; "
+        f"torch.addmm on the packed (D, 2U) weight, then {_epilogue_words(spec.activation.name)}; "
         "when a gradient is needed, an autograd.Function with the recompute backward "
         "(the custom op glu_kernels::glu under torch.compile and torch.func.vmap), except for "
         f"float32/float64 calls with h of at most {_ATEN_TRAINING_MAX_ELEMENTS} elements and "
         "save='activations': plain ATen calls, autograd's gradient (cheaper there); "
         "recorded by torch.jit.trace or torch.export, or under forward-mode AD and torch.func's "
         "grad/jvp transforms: plain ATen calls, autograd's gradient"
+    )
+
+
+def gated_implementation(spec: GatedSpec) -> str:
+    return (
+        f"{_epilogue_words(spec.activation.name)} on h made contiguous; when a gradient is "
+        "needed, an autograd.Function with the recompute backward (the custom op "
+        "glu_kernels::gated under torch.compile and torch.func.vmap), except for float32/float64 "
+        f"h of at most {_ATEN_TRAINING_MAX_ELEMENTS} elements: plain ATen calls, autograd's "
+        "gradient (cheaper there); recorded by torch.jit.trace or torch.export, or under "
+        "forward-mode AD and torch.func's grad/jvp transforms: plain ATen calls, autograd's "
+        "gradient"
     )
