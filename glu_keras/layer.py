@@ -317,27 +317,31 @@ class GatedLinearUnit(keras.layers.Layer):
         """``(lora_alpha / rank) * (x @ lora_kernel_a) @ lora_kernel_b``, (..., 2U)."""
         a = self._native(self.lora_kernel_a, self.compute_dtype)
         b = ops.reshape(self._native(self.lora_kernel_b, self.compute_dtype), (self.lora_rank, -1))
-        return ops.multiply(ops.matmul(ops.matmul(x, a), b), self.lora_alpha / self.lora_rank)
+        return ops.multiply((x @ a) @ b, self.lora_alpha / self.lora_rank)  # `@`: see below
 
     def _glu_with_lora(self, x: Any, x_product: Any, kernel: Any) -> Any:
         """``gated(x_product @ kernel + bias + update(x))``: the frozen kernel's product, then the
         low-rank branch (on the unrounded x under int8, as ``Dense``)."""
-        h = ops.matmul(x_product, ops.reshape(kernel, (kernel.shape[0], 2 * self.units)))
+        # The backends' own `@` and `+`, not Keras ops: Keras' torch matmul computes float64 in
+        # float32, and Keras' TensorFlow add takes a (0, 2U) operand for a bias (BiasAdd fails).
+        h = x_product @ ops.reshape(kernel, (kernel.shape[0], 2 * self.units))
         if self.use_bias:
             h = ops.add(h, ops.reshape(self._native_bias(), (2 * self.units,)))
-        h = ops.add(h, self._lora_update(x))
+        h = h + self._lora_update(x)
         return glu_kernels.gated(h, activation=self.activation)
 
     def _merged_kernel(self) -> Any:
-        """The kernel with the LoRA update added, in float32 (int8 kernels scaled back first)."""
+        """The kernel with the LoRA update added, in float32 (float64 kernels in float64; int8
+        kernels scaled back first)."""
+        wide = keras.backend.standardize_dtype(self.kernel.dtype) == "float64"
+        dtype = "float64" if wide else "float32"
         if self.quantization_mode == "int8":
-            kernel = _int8.dequantized(self.kernel, self.kernel_scale, "float32")
+            kernel = _int8.dequantized(self.kernel, self.kernel_scale, dtype)
         else:
-            kernel = ops.cast(self.kernel, "float32")
-        update = ops.matmul(
-            self.lora_kernel_a, ops.reshape(self.lora_kernel_b, (self.lora_rank, -1))
-        )
-        update = ops.multiply(update, self.lora_alpha / self.lora_rank)
+            kernel = ops.cast(self.kernel, dtype)
+        a = ops.cast(self.lora_kernel_a, dtype)
+        b = ops.cast(ops.reshape(self.lora_kernel_b, (self.lora_rank, -1)), dtype)
+        update = ops.multiply(a @ b, self.lora_alpha / self.lora_rank)  # `@`: see _glu_with_lora
         return ops.add(kernel, ops.reshape(update, tuple(kernel.shape)))
 
     # --- int8 quantization (Keras' `quantize` protocol, the scheme of `Dense`'s "int8" mode) ----
@@ -407,7 +411,7 @@ class GatedLinearUnit(keras.layers.Layer):
                 x, self.kernel.value, self.kernel_scale.value, self._native_bias(), quantizer
             )
             if self.lora_enabled:
-                h = ops.add(h, ops.cast(self._lora_update(x), "float32"))
+                h = h + ops.cast(self._lora_update(x), "float32")  # `+`: see _glu_with_lora
             return ops.cast(glu_kernels.gated(h, activation=self.activation), self.compute_dtype)
         x_product = x if quantizer is None else _int8.rounded_to_int8(x, quantizer)
         kernel = _int8.dequantized(self.kernel.value, self.kernel_scale.value, self.compute_dtype)
@@ -446,6 +450,9 @@ class GatedLinearUnit(keras.layers.Layer):
 
     def load_own_variables(self, store: Any) -> None:
         if len(store.keys()) == 0 and (self._kmr_compat or holds_kmr_halves(store)):
+            if self.lora_enabled:  # as for any other load: the loaded weights, a zero update
+                self.lora_kernel_a.assign(ops.zeros(self.lora_kernel_a.shape))
+                self.lora_kernel_b.assign(ops.zeros(self.lora_kernel_b.shape))
             return  # a KMR file: the `linear` and `sigmoid` views below receive the weights
         if self.quantization_mode is None and not self.lora_enabled:
             super().load_own_variables(store)

@@ -147,6 +147,21 @@ def test_model_built_in_code_loads_kmr_weights(kmr_outputs):
     np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
 
 
+def test_lora_enabled_model_loads_kmr_weights_with_a_zero_update(kmr_outputs):
+    """As any load (and Dense's): the loaded kernel is the whole function, the update restarts."""
+    model = _sequential_model(lambda units: GatedLinearUnit(units=units, lora_rank=2))
+    layers = [layer for layer in model.layers if isinstance(layer, GatedLinearUnit)]
+    for layer in layers:
+        layer.lora_kernel_b.assign(np.ones(tuple(layer.lora_kernel_b.shape), "float32"))
+    model.load_weights(FIXTURES / "kmr_sequential.keras")
+    for layer in layers:
+        assert not np.any(to_numpy(layer.lora_kernel_a)) and not np.any(
+            to_numpy(layer.lora_kernel_b)
+        )
+    y = to_numpy(model(kmr_outputs["sequential_x"]))
+    np.testing.assert_allclose(y, kmr_outputs["sequential_y"], atol=KMR_ATOL, rtol=0)
+
+
 def test_model_built_in_code_loads_sharded_kmr_weights(tmp_path, kmr_outputs):
     """KMR's weights saved in shards (``save_weights(..., max_shard_size=...)``): a GLU's two Dense
     halves sit in other shards than its own empty entry, yet load."""

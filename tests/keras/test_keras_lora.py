@@ -38,15 +38,19 @@ def lora_layer(units=8, input_dim=12, rank=3, alpha=6.0, rng=None, **kwargs) -> 
     return layer
 
 
+def float64(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
+
+
 def weights_of(layer):
     """float64 kernel (D, 2U), bias (2U,) or None, A (D, r), B (r, 2U), and alpha / rank."""
-    kernel = to_numpy(layer.kernel).astype(np.float64)
+    kernel = float64(layer.kernel)
     if layer.quantization_mode == "int8":
-        kernel = kernel / to_numpy(layer.kernel_scale)
+        kernel = kernel / float64(layer.kernel_scale)
     kernel = kernel.reshape(kernel.shape[0], -1)
-    bias = to_numpy(layer.bias).astype(np.float64).reshape(-1) if layer.use_bias else None
-    a = to_numpy(layer.lora_kernel_a).astype(np.float64)
-    b = to_numpy(layer.lora_kernel_b).astype(np.float64).reshape(layer.lora_rank, -1)
+    bias = float64(layer.bias).reshape(-1) if layer.use_bias else None
+    a = float64(layer.lora_kernel_a)
+    b = float64(layer.lora_kernel_b).reshape(layer.lora_rank, -1)
     return kernel, bias, a, b, layer.lora_alpha / layer.lora_rank
 
 
@@ -110,23 +114,34 @@ class _PackedDenseGLU(keras.layers.Layer):
         return h[..., : self.units] * keras.ops.sigmoid(h[..., self.units :])
 
 
-def test_a_training_step_updates_what_dense_with_lora_updates(rng):
-    """One SGD step: the same new A, B and bias as ``Dense(2U).enable_lora`` with the same packed
-    weights; the kernel unchanged."""
-    layer = lora_layer(rng=rng, rank=2, alpha=3.0)
-    twin = _PackedDenseGLU(8)
-    twin.build((None, 12))
+def _twin_of(layer) -> _PackedDenseGLU:
+    """``Dense(2U)`` + GLU holding ``layer``'s packed weights and update (int8: quantized too)."""
     kernel, bias, a, b, _ = weights_of(layer)
+    twin = _PackedDenseGLU(layer.units)
+    twin.build((None, kernel.shape[0]))
     twin.dense.set_weights([kernel.astype("float32"), bias.astype("float32")])
-    twin.dense.enable_lora(2, lora_alpha=3.0)
+    if layer.quantization_mode == "int8":
+        twin.dense.quantize("int8")
+    twin.dense.enable_lora(layer.lora_rank, lora_alpha=layer.lora_alpha)
     twin.dense.lora_kernel_a.assign(a.astype("float32"))
     twin.dense.lora_kernel_b.assign(b.astype("float32"))
+    return twin
+
+
+def _assert_a_training_step_updates_what_the_twin_updates(layer, rng, atol=2e-5):
+    """One SGD step through Dense -> ``layer`` and Dense -> its ``Dense(2U)`` twin: the same new
+    A, B and bias, the same update of the first Dense (the input gradient), the kernel kept."""
+    twin = _twin_of(layer)
     assert len(twin.trainable_weights) == len(layer.trainable_weights) == 3
-    x = rng.normal(size=(16, 12)).astype("float32")
+    kernel, _, a, b, _ = weights_of(layer)
+    first = rng.normal(scale=0.5, size=(6, 12)).astype("float32")
+    x = rng.normal(size=(16, 6)).astype("float32")
     target = rng.normal(size=(16, 8)).astype("float32")
     models = []
     for glu_layer in (layer, twin):
-        model = keras.Sequential([keras.Input((12,)), glu_layer])
+        dense = keras.layers.Dense(12)
+        model = keras.Sequential([keras.Input((6,)), dense, glu_layer])
+        dense.set_weights([first, np.zeros(12, "float32")])
         model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
         models.append(model)
     np.testing.assert_allclose(to_numpy(models[0](x)), to_numpy(models[1](x)), rtol=1e-5, atol=1e-5)
@@ -135,9 +150,68 @@ def test_a_training_step_updates_what_dense_with_lora_updates(rng):
     new_kernel, new_bias, new_a, new_b, _ = weights_of(layer)
     np.testing.assert_array_equal(new_kernel, kernel)
     assert np.abs(new_a - a).max() > 1e-3 and np.abs(new_b - b).max() > 1e-3  # they trained
-    np.testing.assert_allclose(new_a, to_numpy(twin.dense.lora_kernel_a), atol=2e-5)
-    np.testing.assert_allclose(new_b, to_numpy(twin.dense.lora_kernel_b), atol=2e-5)
-    np.testing.assert_allclose(new_bias, to_numpy(twin.dense.bias), atol=2e-5)
+    np.testing.assert_allclose(new_a, to_numpy(twin.dense.lora_kernel_a), atol=atol)
+    np.testing.assert_allclose(new_b, to_numpy(twin.dense.lora_kernel_b), atol=atol)
+    np.testing.assert_allclose(new_bias, to_numpy(twin.dense.bias), atol=atol)
+    fused_first, twin_first = (to_numpy(m.layers[0].kernel) for m in models)
+    assert np.abs(fused_first - first).max() > 1e-3  # the gradient reached the first layer
+    np.testing.assert_allclose(fused_first, twin_first, atol=atol)
+
+
+def test_a_training_step_updates_what_dense_with_lora_updates(rng):
+    _assert_a_training_step_updates_what_the_twin_updates(lora_layer(rng=rng, rank=2, alpha=3), rng)
+
+
+def test_qlora_training_step_updates_what_int8_dense_with_lora_updates(rng, int8_path):
+    """int8, then LoRA, on both ways of multiplying: the twin is Keras' int8 ``Dense(2U)`` (the
+    same per-column int8 values) with the same update."""
+    layer = GatedLinearUnit(8)
+    layer.build((None, 12))
+    layer.set_weights([rng.normal(scale=0.5, size=tuple(w.shape)) for w in layer.weights])
+    layer.quantize("int8")
+    layer.enable_lora(2, lora_alpha=3.0)
+    layer.lora_kernel_a.assign(rng.normal(scale=0.5, size=(12, 2)))
+    layer.lora_kernel_b.assign(rng.normal(scale=0.5, size=(2, 2, 8)))
+    _assert_a_training_step_updates_what_the_twin_updates(layer, rng)
+
+
+def test_the_update_has_the_kernel_regularizer_as_in_dense(rng):
+    """Keras penalizes trainable weights only: the update's, no longer the frozen kernel's."""
+    layer = lora_layer(rng=rng, kernel_regularizer=keras.regularizers.L2(0.1))
+    a, b = float64(layer.lora_kernel_a), float64(layer.lora_kernel_b)
+    expected = 0.1 * sum(float(np.sum(np.square(w))) for w in (a, b))
+    np.testing.assert_allclose(float(sum(to_numpy(loss) for loss in layer.losses)), expected, 1e-5)
+
+
+def test_float64_stays_float64(rng):
+    """Values and the saved merge in float64 (Keras' torch matmul would compute float32)."""
+    layer = lora_layer(rng=rng, dtype="float64")
+    x = rng.normal(size=(5, 12))
+    y = layer(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "float64"
+    kernel, bias, a, b, s = weights_of(layer)
+    expected = glu_reference(x, kernel + s * a @ b, bias, "sigmoid")
+    assert_close(
+        float64(y),
+        expected,
+        2 * output_scale(x, kernel + s * a @ b, bias, "sigmoid"),
+        "float64",
+        what="float64 LoRA",
+    )
+    store = {}
+    layer.save_own_variables(store)
+    merged = float64(store["0"]).reshape(12, -1)
+    np.testing.assert_allclose(merged, kernel + s * a @ b, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(0, 12), (2, 0, 12), (1, 0, 12)], ids=str)
+def test_an_empty_batch_gives_an_empty_output(shape, rng):
+    for quantize in (False, True):
+        layer = lora_layer(rng=rng)
+        if quantize:
+            layer.quantize("int8")
+        y = layer(np.zeros(shape, "float32"))
+        assert tuple(y.shape) == (*shape[:-1], 8), quantize
 
 
 def test_saving_merges_the_update_and_loading_restarts_from_zero(tmp_path, rng):
