@@ -13,11 +13,15 @@ kernel on every call) and multiplied by one fused :func:`glu_kernels.glu` in the
 - JAX: ``integer_preactivation`` (XLA's int8 GEMM is 2-4x faster than its float32 GEMM at
   1024x256->256 and 2048x1024->1024). ``gated``'s lean gradient: a jitted input-and-bias
   gradient 0.6-0.85x the time of autodiff through Keras ops' epilogue (same forward bits).
-- torch: ``integer_preactivation`` (``torch._int_mm``) on the CPU, in float32, for kernels of
-  ``TORCH_INTEGER_MIN_KERNEL`` elements and more: inference 2.5 against 2.6 ms at 1024x256->256,
-  3.5 / 5.6 ms at 1024x512->512, 21 / 38 ms at 2048x1024->1024, 107 / 151 ms at 4096x1024->2048;
-  a training step 3.2 / 3.3 ms and 51 / 65 ms. Smaller kernels dequantize (1024x128->128: 1.03
-  against 0.89 ms; 32x16->8: 0.43 / 0.36), and so does bfloat16 compute, where AMX's bfloat16
+- torch: ``integer_preactivation`` (``torch._int_mm``) on the CPU, in float32, for inputs of
+  ``TORCH_INTEGER_MIN_FEATURES`` features (D) and more, where the int8 GEMM's saving outgrows the
+  passes it adds: inference 3.5 against 5.6 ms at 1024x512->512, 21 / 38 ms at 2048x1024->1024,
+  107 / 151 ms at 4096x1024->2048, 1.2 / 2.2 ms at 32x512->512, 3.6 / 5.0 ms at 1024x512->256
+  (a ``predict_on_batch``: 29 / 47 ms at 2048x1024->1024); a training step 51 / 65 ms at
+  2048x1024->1024. Narrower inputs dequantize: at D = 256-384 the two ways were within noise
+  (1024x256->256 2.5 / 2.6 ms, a training step 3.2 / 3.3; 4096x384->384 18.4 / 18.9), below that
+  dequantizing was faster (1024x128->128: 1.03 against 0.89 ms; 32x16->8: 0.43 / 0.36). bfloat16
+  compute dequantizes too, where AMX's bfloat16
   GEMM is as fast as ``_int_mm`` (2048x1024->1024: 22 against 16 ms). Keras' own torch int8
   matmul is an int32 einsum, 7-21x slower than float32.
 - TensorFlow: dequantize (its int8 matmul is 3.5-5.5x slower than float32 on the CPU).
@@ -29,14 +33,13 @@ The int8 values are the same either way; the results differ by a float32 GEMM's 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 from keras import ops
 
-# torch, float32: below this many kernel elements (D * 2U) dequantizing was as fast or faster
-TORCH_INTEGER_MIN_KERNEL = 1 << 17
+# torch, float32: for inputs of fewer features (D), dequantizing was as fast or faster
+TORCH_INTEGER_MIN_FEATURES = 512
 
 
 def multiplies_in_int8(
@@ -51,7 +54,7 @@ def multiplies_in_int8(
         return (
             x.device.type == "cpu"  # measured there; CUDA's _int_mm wants > 16 rows, sizes % 8
             and compute_dtype == "float32"
-            and math.prod(kernel_shape) >= TORCH_INTEGER_MIN_KERNEL
+            and kernel_shape[0] >= TORCH_INTEGER_MIN_FEATURES
             and not _torch_records()
         )
     return backend == "jax"

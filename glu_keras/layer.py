@@ -50,7 +50,7 @@ class GatedLinearUnit(keras.layers.Layer):
     as Keras quantizes ``Dense``, and so as it quantizes KMR's two sublayers, to the same int8
     values: per-column abs-max int8 kernel, inputs rounded to int8 per row on each call, bias
     kept; the kernel is then frozen and the input gradient passes straight through the rounding.
-    Under JAX, and under torch in float32 for kernels of 2**17 elements and more, the product is an
+    Under JAX, and under torch on the CPU in float32 for input_dim >= 512, the product is an
     int8 GEMM with int32 accumulation (XLA's, ``torch._int_mm``), then the scales, the bias and
     the fused epilogue (:func:`glu_kernels.gated`) in float32; otherwise one fused glu on the
     operands scaled back to floating point (each measured faster where it runs; see

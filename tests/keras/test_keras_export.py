@@ -72,7 +72,7 @@ def test_keras_onnx_export_runs_in_onnxruntime(tmp_path, rng, monkeypatch, dynam
     monkeypatch.setattr(torch.onnx, "export", spy)
     # eager int8 layers of any size multiply with torch._int_mm, which ONNX lacks: the export
     # records the dequantized way (glu_keras/_int8.py), the same values to a float32 GEMM's rounding
-    monkeypatch.setattr(_int8, "TORCH_INTEGER_MIN_KERNEL", 1)
+    monkeypatch.setattr(_int8, "TORCH_INTEGER_MIN_FEATURES", 1)
     model = _model(rng, int8=int8)
     batches = [4] if dynamo else [4, 7]
     signature = [keras.InputSpec(shape=(4, 3, 10), dtype="float32")] if dynamo else None

@@ -109,17 +109,17 @@ def test_without_bias(rng, int8_path):
 # (backend, compute dtype, input_dim, units) -> the way glu_keras/_int8.py's measurements chose
 _INTEGER_WHERE = {
     ("jax", "float32", 12, 8): True,
-    ("jax", "float32", 256, 128): True,
     ("jax", "float32", 256, 256): True,
-    ("jax", "mixed_bfloat16", 256, 256): True,
+    ("jax", "float32", 512, 8): True,
+    ("jax", "mixed_bfloat16", 512, 8): True,
     ("torch", "float32", 12, 8): False,
-    ("torch", "float32", 256, 128): False,  # 2**16 kernel elements: below the bound
-    ("torch", "float32", 256, 256): True,  # 2**17
-    ("torch", "mixed_bfloat16", 256, 256): False,
+    ("torch", "float32", 256, 256): False,  # input_dim below the bound (512)
+    ("torch", "float32", 512, 8): True,
+    ("torch", "mixed_bfloat16", 512, 8): False,
     ("tensorflow", "float32", 12, 8): False,
-    ("tensorflow", "float32", 256, 128): False,
     ("tensorflow", "float32", 256, 256): False,
-    ("tensorflow", "mixed_bfloat16", 256, 256): False,
+    ("tensorflow", "float32", 512, 8): False,
+    ("tensorflow", "mixed_bfloat16", 512, 8): False,
 }
 
 
@@ -162,8 +162,8 @@ def test_inputs_quantized_to_another_integer_type_are_not_multiplied_in_int8(rng
     ``torch._int_mm`` takes int8 only)."""
     quantizer = keras.quantizers.AbsMaxQuantizer(output_dtype="int16")
     config = keras.quantizers.Int8QuantizationConfig(activation_quantizer=quantizer)
-    layer = quantized(256, 256, rng, config=config, activation="silu")  # 2**17: integer-sized
-    x = rng.normal(size=(4, 256)).astype("float32")
+    layer = quantized(8, 512, rng, config=config, activation="silu")  # integer-sized D
+    x = rng.normal(size=(4, 512)).astype("float32")
     x_int16, x_scale = quantizer(keras.ops.convert_to_tensor(x), axis=-1)
     x_q = to_numpy(x_int16).astype(np.float64) / to_numpy(x_scale).astype(np.float64)
     kernel = to_numpy(layer.kernel).astype(np.float64) / to_numpy(layer.kernel_scale)
@@ -179,8 +179,8 @@ def test_torch_multiplies_in_int8_on_the_cpu_only_and_not_while_recording(monkey
     ``torch.jit.trace`` records for TorchScript's ONNX exporter, which lacks ``_int_mm``."""
     import torch
 
-    quantizer, shape = keras.quantizers.AbsMaxQuantizer(), (256, 2, 256)
-    cpu, meta = torch.empty(4, 256), torch.empty(4, 256, device="meta")
+    quantizer, shape = keras.quantizers.AbsMaxQuantizer(), (512, 2, 8)
+    cpu, meta = torch.empty(4, 512), torch.empty(4, 512, device="meta")
     assert _int8.multiplies_in_int8(cpu, quantizer, shape, "float32")
     assert not _int8.multiplies_in_int8(meta, quantizer, shape, "float32")
     paths = []
@@ -188,8 +188,8 @@ def test_torch_multiplies_in_int8_on_the_cpu_only_and_not_while_recording(monkey
     monkeypatch.setattr(
         _int8, "integer_preactivation", lambda *a, **k: paths.append("int8") or integer(*a, **k)
     )
-    layer = quantized(256, 256, rng)
-    x = torch.randn(4, 256)
+    layer = quantized(8, 512, rng)
+    x = torch.randn(4, 512)
     layer(x)
     assert paths == ["int8"]
     traced = torch.jit.trace(layer, (x,), check_trace=False)  # a Keras torch layer is a Module
