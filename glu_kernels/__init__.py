@@ -162,8 +162,8 @@ def gated(h: Array, *, activation: str = "sigmoid") -> Array:
         a, g = np.split(h, 2, axis=-1)
         out = a * act(g)
     """
-    backend, spec = _prepare_gated(h, activation)
     try:
+        backend, spec = _prepare_gated(h, activation)
         return backend.gated(h, spec)
     except RuntimeError as error:
         _dispatch.refuse_not_dense(error, "gated", h=h)
@@ -171,13 +171,9 @@ def gated(h: Array, *, activation: str = "sigmoid") -> Array:
 
 
 def _prepare_gated(h: Any, activation: str):
-    try:
-        backend = _dispatch.backend_of_array(h, "h", "gated")
-        key = (backend.shape(h), backend.stored_dtype_name(h), activation)  # autocast or not
-        return backend, _validated(_check_gated, _validate.check_gated, key)
-    except RuntimeError as error:
-        _dispatch.refuse_not_dense(error, "gated", h=h)
-        raise
+    backend = _dispatch.backend_of_array(h, "h", "gated")
+    key = (backend.shape(h), backend.stored_dtype_name(h), activation)  # autocast or not
+    return backend, _validated(_check_gated, _validate.check_gated, key)
 
 
 def _variant(activation: str, variant: str):
@@ -258,7 +254,12 @@ def explain_gated(h: Any, *, activation: str = "sigmoid") -> str:
         >>> print(gk.explain_gated(np.ones((8, 6)), activation="silu").splitlines()[1])
         op: SwiGLU epilogue, out = a * silu(g), U=3
     """
-    backend, spec = _prepare_gated(h, activation)
+    try:
+        backend, spec = _prepare_gated(h, activation)
+    except RuntimeError as error:
+        _dispatch.refuse_not_dense(error, "gated", h=h)
+        raise
+    _dispatch.refuse_not_dense(None, "gated", h=h)  # gated fails on each of them, with these words
     t = type(h)
     elementwise = "epilogue and backward elementwise pass" if backend.DIFFERENTIABLE else "epilogue"
     precision = (

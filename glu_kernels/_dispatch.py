@@ -67,7 +67,7 @@ def _all_torch(tensor: type, x: object, w: object, b: object | None) -> bool:
     return isinstance(x, tensor) and isinstance(w, tensor) and (b is None or isinstance(b, tensor))
 
 
-def refuse_not_dense(error: Exception, op: str, **args: Any) -> None:
+def refuse_not_dense(error: Exception | None, op: str, **args: Any) -> None:
     """Raises the op's TypeError, from ``error``, if one of the named arguments is a torch tensor
     that is not dense (sparse, mkldnn and jagged tensors have other layouts; a strided nested
     tensor says is_nested); returns otherwise."""

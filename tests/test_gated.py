@@ -269,6 +269,27 @@ def test_torch_gated_refuses_sparse_h_by_name():
         gk.gated(torch.ones(4, 6).to_sparse())
 
 
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr", "mkldnn", "jagged"])
+def test_torch_explain_gated_refuses_what_gated_refuses(layout):
+    """explain_gated computes nothing, yet says what gated would: an h that is not dense is
+    refused in gated's words (its shape and dtype alone look fine)."""
+    torch = pytest.importorskip("torch")
+    dense = torch.ones(4, 6)
+    h = {
+        "sparse_coo": dense.to_sparse,
+        "sparse_csr": dense.to_sparse_csr,
+        "mkldnn": dense.to_mkldnn,
+        "jagged": lambda: torch.nested.nested_tensor(
+            [torch.ones(2, 6), torch.ones(3, 6)], layout=torch.jagged
+        ),
+    }[layout]()
+    with pytest.raises(TypeError, match="^gated takes dense arrays") as raised:
+        gk.gated(h)
+    with pytest.raises(TypeError) as explained:
+        gk.explain_gated(h)
+    assert str(explained.value) == str(raised.value)
+
+
 def test_torch_gated_validates_the_stored_dtype_under_autocast():
     """gated is elementwise: autocast does not cast it (as F.silu), so h's own dtype is checked
     and kept (glu, a matmul, takes the autocast dtype)."""

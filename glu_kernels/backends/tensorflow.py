@@ -245,15 +245,17 @@ def implementation(spec: GluSpec) -> str:
     return (
         "tf.linalg.matmul on the packed (D, 2U) weight (bias added after it, in the compute "
         "dtype); bias, epilogue and the backward "
-        "elementwise pass as one XLA-compiled function each for eager calls of "
-        f">= {_XLA_MIN_ELEMENTS} elements in h, else as TensorFlow ops (fused by XLA under "
-        "jit_compile=True); tf.custom_gradient backward"
+        f"elementwise pass as one XLA-compiled function each for calls whose h has >= "
+        f"{_XLA_MIN_ELEMENTS} elements or an unknown number (a tf.function traced for any batch "
+        "size), else as TensorFlow ops (fused by XLA under jit_compile=True); tf.custom_gradient "
+        "backward"
     )
 
 
 def gated_implementation(spec: GatedSpec) -> str:
     return (
         "the epilogue and the backward elementwise pass as one XLA-compiled function each for "
-        f"eager calls of >= {_XLA_MIN_ELEMENTS} elements in h, else as TensorFlow ops (fused by "
-        "XLA under jit_compile=True); tf.custom_gradient backward"
+        f"calls whose h has >= {_XLA_MIN_ELEMENTS} elements or an unknown number (a tf.function "
+        "traced for any batch size), else as TensorFlow ops (fused by XLA under "
+        "jit_compile=True); tf.custom_gradient backward"
     )

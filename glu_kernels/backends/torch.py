@@ -692,6 +692,8 @@ def glu(x: Tensor, w: Tensor, b: Tensor | None, spec: GluSpec) -> Tensor:
 def _epilogue_words(activation: str) -> str:
     if activation == "sigmoid":
         return "F.glu (one fused pass)"
+    if activation == "linear":
+        return "one multiply, a * g"
     return f"ATen's {activation} kernel and an in-place multiply"
 
 

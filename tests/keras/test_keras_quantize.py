@@ -110,14 +110,17 @@ def test_without_bias(rng, int8_path):
 _INTEGER_WHERE = {
     ("jax", "float32", 12, 8): True,
     ("jax", "float32", 256, 256): True,
+    ("jax", "float32", 511, 8): True,
     ("jax", "float32", 512, 8): True,
     ("jax", "mixed_bfloat16", 512, 8): True,
     ("torch", "float32", 12, 8): False,
     ("torch", "float32", 256, 256): False,  # input_dim below the bound (512)
+    ("torch", "float32", 511, 8): False,
     ("torch", "float32", 512, 8): True,
     ("torch", "mixed_bfloat16", 512, 8): False,
     ("tensorflow", "float32", 12, 8): False,
     ("tensorflow", "float32", 256, 256): False,
+    ("tensorflow", "float32", 511, 8): False,
     ("tensorflow", "float32", 512, 8): False,
     ("tensorflow", "mixed_bfloat16", 512, 8): False,
 }
