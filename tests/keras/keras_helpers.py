@@ -34,3 +34,15 @@ def kmr_style_twin(layer):
     twin.build((None, kernel.shape[0]))
     twin.set_weights([kernel[:, 0], bias[0], kernel[:, 1], bias[1]])
     return twin
+
+
+def behind_a_dense(glu_layer, first: np.ndarray, learning_rate: float):
+    """``Input -> Dense(first, zero bias) -> glu_layer``, compiled with SGD and MSE: a training
+    step then also checks the input gradient, through the first layer's update."""
+    import keras
+
+    dense = keras.layers.Dense(first.shape[1])
+    model = keras.Sequential([keras.Input((first.shape[0],)), dense, glu_layer])
+    dense.set_weights([first, np.zeros(first.shape[1], "float32")])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss="mse")
+    return model

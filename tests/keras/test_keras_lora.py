@@ -17,7 +17,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from keras_helpers import to_numpy
+from keras_helpers import behind_a_dense, to_numpy
 from tolerances import assert_close, output_scale
 
 from glu_keras import GatedLinearUnit
@@ -137,13 +137,7 @@ def _assert_a_training_step_updates_what_the_twin_updates(layer, rng, atol=2e-5)
     first = rng.normal(scale=0.5, size=(6, 12)).astype("float32")
     x = rng.normal(size=(16, 6)).astype("float32")
     target = rng.normal(size=(16, 8)).astype("float32")
-    models = []
-    for glu_layer in (layer, twin):
-        dense = keras.layers.Dense(12)
-        model = keras.Sequential([keras.Input((6,)), dense, glu_layer])
-        dense.set_weights([first, np.zeros(12, "float32")])
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
-        models.append(model)
+    models = [behind_a_dense(glu_layer, first, 0.5) for glu_layer in (layer, twin)]
     np.testing.assert_allclose(to_numpy(models[0](x)), to_numpy(models[1](x)), rtol=1e-5, atol=1e-5)
     for model in models:
         model.train_on_batch(x, target)

@@ -17,7 +17,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from keras_helpers import kmr_style_twin, numpy_glu, to_numpy
+from keras_helpers import behind_a_dense, kmr_style_twin, numpy_glu, to_numpy
 from tolerances import assert_close, output_scale
 
 import glu_kernels
@@ -267,13 +267,7 @@ def test_training_after_quantization_matches_kmr_int8_sublayers(rng, int8_path):
     layer.set_weights([rng.normal(scale=0.5, size=tuple(w.shape)) for w in layer.weights])
     twin = kmr_style_twin(layer)
     first = rng.normal(scale=0.5, size=(6, 12)).astype("float32")
-    models = []
-    for glu_layer in (layer, twin):
-        dense = keras.layers.Dense(12)
-        model = keras.Sequential([keras.Input((6,)), dense, glu_layer])
-        dense.set_weights([first, np.zeros(12, "float32")])
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-        models.append(model)
+    models = [behind_a_dense(glu_layer, first, 0.1) for glu_layer in (layer, twin)]
     layer.quantize("int8")
     twin.linear.quantize("int8")
     twin.sigmoid.quantize("int8")
