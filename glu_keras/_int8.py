@@ -18,13 +18,12 @@ kernel on every call) and multiplied by one fused :func:`glu_kernels.glu` in the
   passes it adds: inference 3.5 against 5.6 ms at 1024x512->512, 21 / 38 ms at 2048x1024->1024,
   107 / 151 ms at 4096x1024->2048, 1.2 / 2.2 ms at 32x512->512, 3.6 / 5.0 ms at 1024x512->256
   (a ``predict_on_batch``: 29 / 47 ms at 2048x1024->1024; 2.1 / 2.1 at 1024x512->8, a narrow
-  output gains nothing and loses nothing); a training step 51 / 65 ms at
-  2048x1024->1024. Narrower inputs dequantize: at D = 256-384 the two ways were within noise
-  (1024x256->256 2.5 / 2.6 ms, a training step 3.2 / 3.3; 4096x384->384 18.4 / 18.9), below that
-  dequantizing was faster (1024x128->128: 1.03 against 0.89 ms; 32x16->8: 0.43 / 0.36). bfloat16
-  compute dequantizes too, where AMX's bfloat16
-  GEMM is as fast as ``_int_mm`` (2048x1024->1024: 22 against 16 ms). Keras' own torch int8
-  matmul is an int32 einsum, 7-21x slower than float32.
+  output gains nothing and loses nothing); a training step 51 / 65 ms at 2048x1024->1024.
+  Narrower inputs dequantize: at D = 256-384 the two ways were within noise (1024x256->256 2.5 /
+  2.6 ms, a training step 3.2 / 3.3; 4096x384->384 18.4 / 18.9), below that dequantizing was
+  faster (1024x128->128: 1.03 against 0.89 ms; 32x16->8: 0.43 / 0.36). bfloat16 compute
+  dequantizes too: AMX's bfloat16 GEMM is as fast as ``_int_mm`` (2048x1024->1024: 22 against
+  16 ms). Keras' own torch int8 matmul is an int32 einsum, 7-21x slower than float32.
 - TensorFlow: dequantize (its int8 matmul is 3.5-5.5x slower than float32 on the CPU).
 - Inputs quantized to another type than int8 (an ``activation_quantizer`` with
   ``output_dtype="int16"``, which Keras accepts): dequantize, on every backend.

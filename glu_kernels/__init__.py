@@ -254,12 +254,8 @@ def explain_gated(h: Any, *, activation: str = "sigmoid") -> str:
         >>> print(gk.explain_gated(np.ones((8, 6)), activation="silu").splitlines()[1])
         op: SwiGLU epilogue, out = a * silu(g), U=3
     """
-    try:
-        backend, spec = _prepare_gated(h, activation)
-    except RuntimeError as error:
-        _dispatch.refuse_not_dense(error, "gated", h=h)
-        raise
     _dispatch.refuse_not_dense(None, "gated", h=h)  # gated fails on each of them, with these words
+    backend, spec = _prepare_gated(h, activation)
     t = type(h)
     elementwise = "epilogue and backward elementwise pass" if backend.DIFFERENTIABLE else "epilogue"
     precision = (

@@ -79,7 +79,8 @@ def test_enable_lora_freezes_the_kernel_and_keeps_the_output():
     assert tuple(layer.lora_kernel_a.shape) == (12, 4)
     assert tuple(layer.lora_kernel_b.shape) == (4, 2, 8)
     assert layer.lora_alpha == 4 and layer.lora_rank == 4
-    # B starts at zero: the same function (to the rounding of one more add of zeros)
+    # B starts at zero: the same function, computed as a matmul plus a zero update, then gated
+    # (another GEMM call than glu's fused one: float32 rounding apart)
     np.testing.assert_allclose(to_numpy(layer(x)), before, rtol=1e-6, atol=1e-6)
 
 
