@@ -214,9 +214,22 @@ def _checked_features(x, d: int, w_shape):
     """x, checked at run time to end in D where its last dimension was unknown at trace time (a
     ``tf.function`` signature of ``None`` dims): glu's words instead of MatMul's."""
     message = f"{FEATURES_MISMATCH} Received: x.shape={tuple(x.shape)} (traced), w.shape={w_shape}"
-    check = tf.debugging.assert_equal(tf.shape(x)[-1], d, message=message)
-    with tf.control_dependencies([check]):
-        return tf.ensure_shape(tf.identity(x), [*x.shape[:-1], d])
+    return tf.ensure_shape(_features_check(d, message)(x), [*x.shape[:-1], d])
+
+
+@lru_cache(maxsize=64)
+def _features_check(d: int, message: str):
+    """The run-time check as a function TensorFlow does not inline. Inlined, Grappler's shape
+    inference takes D from the ops after it (EnsureShape, MatMul) back to x; where x's other sizes
+    are fixed (a signature [B, None]) x's shape then counts as known, and constant folding turns
+    the check into True: TensorFlow's EnsureShape error came instead of glu's words."""
+
+    @tf.function(autograph=False, experimental_attributes={"_noinline": True})
+    def checked(x):
+        with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(x)[-1], d, message)]):
+            return tf.identity(x)
+
+    return checked
 
 
 def glu(x, w, b, spec: GluSpec):
