@@ -305,7 +305,7 @@ class GatedLinearUnit(keras.layers.Layer):
             shape=(rank, 2, self.units),
             initializer=initializers.get(b_initializer),
             dtype="float32",
-            regularizer=self.kernel_regularizer,
+            regularizer=per_half_regularizer(self.kernel_regularizer),  # as the kernel's
         )
         self.kernel.trainable = False
         self._tracker.lock()

@@ -25,6 +25,15 @@ REGISTRY: dict[str, tuple[tuple[str, ...], str, str]] = {
     "tensorflow": (("tensorflow",), "tensorflow", "tf.Tensor / tf.Variable"),
 }
 
+# backend name -> the framework's array classes, as (module, attribute): a framework's other
+# objects (jax.ShapeDtypeStruct, torch.Size, tf.TensorSpec, ...) are no arrays of it
+_ARRAY_CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
+    "numpy": (("numpy", "ndarray"), ("numpy", "generic")),
+    "jax": (("jax", "Array"), ("jax.core", "Tracer")),  # a tracer is an Array by isinstance only
+    "torch": (("torch", "Tensor"),),
+    "tensorflow": (("tensorflow", "Tensor"), ("tensorflow", "Variable")),
+}
+
 _SUPPORTED = tuple(kind for _, _, kind in REGISTRY.values())
 
 
@@ -41,8 +50,16 @@ def backend_name_of_type(t: type) -> str | None:
         top = klass.__module__.partition(".")[0]
         for name, (modules, _, _) in REGISTRY.items():
             if top in modules:
-                return name
+                return name if _is_array_class(name, t) else None
     return None
+
+
+def _is_array_class(name: str, t: type) -> bool:
+    # the framework is imported: one of its classes is in hand
+    return any(
+        issubclass(t, getattr(importlib.import_module(module), attribute))
+        for module, attribute in _ARRAY_CLASSES[name]
+    )
 
 
 def backend(name: str) -> ModuleType:

@@ -256,10 +256,11 @@ def unsupported_type(
     arg: str, value: object, supported: Sequence[str], op: str = "glu"
 ) -> TypeError:
     kind, hint = _type_name(type(value)), ""
+    layout = getattr(value, "layout", None) if kind.startswith("torch.") else None
     if kind.startswith("torch.") and getattr(value, "is_nested", False):
         kind, hint = f"{kind} (nested)", _NOT_DENSE_HINT
-    elif kind.startswith("torch.") and str(getattr(value, "layout", "")) != "torch.strided":
-        kind, hint = f"{kind} (layout {value.layout})", _NOT_DENSE_HINT
+    elif layout is not None and str(layout) != "torch.strided":
+        kind, hint = f"{kind} (layout {layout})", _NOT_DENSE_HINT
     elif any(k.__name__ in SPARSE_OR_RAGGED for k in type(value).__mro__):
         hint = _NOT_DENSE_HINT
     elif kind.startswith("keras.") and "Variable" in type(value).__name__:

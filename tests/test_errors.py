@@ -276,6 +276,44 @@ def test_unsupported_types_list_the_supported_ones(backend, bad):
         gk.glu(x, w, [1.0] * 4)
 
 
+def _framework_objects_that_are_not_arrays(backend):
+    """Objects of a framework's own modules that are no arrays of it (dispatch once took any
+    class of a framework's modules for that framework's array, and the framework failed inside)."""
+    if backend == "jax":
+        import jax
+
+        return [jax.ShapeDtypeStruct((3, 2), np.float32)]
+    if backend == "torch":
+        import torch
+
+        return [torch.Size([3, 2]), torch.float32]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [tf.TensorSpec([3, 2]), tf.TensorShape([3, 2])]
+    return [np.dtype("float32")]
+
+
+@pytest.mark.parametrize("backend", ba.backend_params())
+def test_framework_objects_that_are_not_arrays_get_glu_words(backend):
+    w = ba.to_backend(backend, np.ones((2, 4)), "float32")
+    for thing in _framework_objects_that_are_not_arrays(backend):
+        for function, args, arg, op in [
+            (gk.glu, (thing, w), "x", "glu"),
+            (gk.explain, (thing, w), "x", "glu"),
+            (gk.gated, (thing,), "h", "gated"),
+            (gk.explain_gated, (thing,), "h", "gated"),
+        ]:
+            with pytest.raises(TypeError) as info:
+                function(*args)
+            assert type(info.value) is TypeError
+            assert re.search(
+                rf"^{op} takes dense arrays of one of these types: {SUPPORTED_TYPES}\. "
+                rf"Received: {arg} of type \S*{type(thing).__name__}",
+                str(info.value),
+            ), str(info.value)
+
+
 @pytest.mark.parametrize("backend", ba.backend_params())
 def test_unhashable_activation_is_a_value_error(backend):
     """A list as activation must get glu's own message, not the validation cache's TypeError."""

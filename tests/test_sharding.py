@@ -29,7 +29,12 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import glu_kernels as gk  # noqa: E402
-from glu_kernels.reference import glu_reference, glu_reference_vjp  # noqa: E402
+from glu_kernels.reference import (  # noqa: E402
+    gated_reference,
+    gated_reference_vjp,
+    glu_reference,
+    glu_reference_vjp,
+)
 
 DEVICES = 8
 COLLECTIVES = re.compile(r"all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute")
@@ -114,12 +119,17 @@ def test_jax_column_parallel_forward_2d_mesh(activation, axis_type):
     [((8,), ("data",)), ((2, 4), (None, "data"))],
     ids=["batch-sharded", "sequence-sharded"],  # x (8, D), or (2, 4, D) sharded on its 2nd axis
 )
-def test_jax_column_parallel_gradients(axis_type, save, lead, batch_spec):
+@pytest.mark.parametrize(
+    "b_spec", [(None, "model"), (None, None)], ids=["bias-sharded", "bias-replicated"]
+)
+def test_jax_column_parallel_gradients(axis_type, save, lead, batch_spec, b_spec):
+    """dx, dw, db with U-sharded weights; a replicated bias gets a replicated db (under explicit
+    sharding its contraction once kept dh's U-sharding, which the custom VJP refused)."""
     mesh = _mesh((2, 4), ("data", "model"), axis_type)
     x, w, b = _data(lead)
     dy = np.random.default_rng(1).standard_normal((*lead, 32)).astype(np.float32)
     xs = _put(mesh, x, *batch_spec, None)
-    ws, bs = _put(mesh, w, None, None, "model"), _put(mesh, b, None, "model")
+    ws, bs = _put(mesh, w, None, None, "model"), _put(mesh, b, *b_spec)
     dys = _put(mesh, dy, *batch_spec, "model")
 
     def loss(x, w, b, dy):
@@ -129,8 +139,9 @@ def test_jax_column_parallel_gradients(axis_type, save, lead, batch_spec):
     for got, want in zip((dx, dw, db), glu_reference_vjp(x, w, b, dy, "silu"), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     _assert_sharded(dw, mesh, None, None, "model")
-    _assert_sharded(db, mesh, None, "model")
     _assert_sharded(dx, mesh, *batch_spec, None)
+    if axis_type == "Explicit" or b_spec == (None, "model"):  # Auto: XLA's pick for a replicated b
+        _assert_sharded(db, mesh, *b_spec)
 
 
 @pytest.mark.parametrize("axis_type", AXIS_TYPES)
@@ -188,16 +199,41 @@ def test_jax_shard_map_gradients(w_spec, b_spec, save, check_vma):
         np.testing.assert_allclose(np.asarray(got), want, **F32)
 
 
-def test_jax_packed_weight_sharded_over_2u_is_correct_but_not_local():
+@pytest.mark.parametrize("axis_type", AXIS_TYPES)
+def test_jax_packed_weight_sharded_over_2u_is_correct_but_not_local(axis_type):
     """A (D, 2U) weight sharded over its last axis puts all value columns on the first devices and
     all gate columns on the last ones: still correct, but a*act(g) then needs data from other
-    devices. The (D, 2, U) layout is the one to shard (see README, "Scaling out")."""
-    mesh = _mesh((DEVICES,), ("model",), "Auto")
+    devices. The (D, 2, U) layout is the one to shard (see README, "Scaling out"). Under explicit
+    sharding glu gathers the 2U axis itself (JAX refused to split the reshaped halves)."""
+    mesh = _mesh((DEVICES,), ("model",), axis_type)
     x, w, b = _data((8,))
     w2, b2 = w.reshape(16, 64), b.reshape(64)
-    fn = jax.jit(lambda x, w, b: gk.glu(x, w, b))
-    out = fn(_put(mesh, x), _put(mesh, w2, None, "model"), _put(mesh, b2, "model"))
+    dy = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)
+    args = (_put(mesh, x), _put(mesh, w2, None, "model"), _put(mesh, b2, "model"))
+    out = jax.jit(lambda x, w, b: gk.glu(x, w, b))(*args)
     np.testing.assert_allclose(out, glu_reference(x, w2, b2), **F32)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(gk.glu(*a) * dy), argnums=(0, 1, 2)))(*args)
+    for got, want in zip(grads, glu_reference_vjp(x, w2, b2, dy), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if axis_type == "Explicit":  # Auto: XLA picks the outputs' shardings
+        _assert_sharded(grads[1], mesh, None, "model")
+        _assert_sharded(grads[2], mesh, "model")
+
+
+@pytest.mark.parametrize("axis_type", AXIS_TYPES)
+def test_jax_gated_on_h_sharded_over_its_last_axis(axis_type):
+    """gated on a global h sharded over 2U: the halves are gathered (README's API row says so);
+    dh comes back sharded as h is."""
+    mesh = _mesh((DEVICES,), ("model",), axis_type)
+    h = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal((4, 32)).astype(np.float32)
+    hs = _put(mesh, h, None, "model")
+    out = jax.jit(lambda h: gk.gated(h, activation="silu"))(hs)
+    np.testing.assert_allclose(out, gated_reference(h, "silu"), **F32)
+    dh = jax.jit(jax.grad(lambda h: jnp.sum(gk.gated(h, activation="silu") * dy)))(hs)
+    np.testing.assert_allclose(dh, gated_reference_vjp(h, dy, "silu"), **F32)
+    if axis_type == "Explicit":  # Auto: XLA picks the output's sharding
+        _assert_sharded(dh, mesh, None, "model")
 
 
 # --------------------------------------------------------------------------------------------------

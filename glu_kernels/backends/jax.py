@@ -11,6 +11,7 @@ from functools import cache, partial
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from glu_kernels._activations import ACTIVATIONS, epilogue_backward
 from glu_kernels._validate import GatedSpec, GluSpec, numpy_dtype_name
@@ -76,6 +77,19 @@ def _like(primal) -> dict:
     if explicit is not None and explicit in getattr(mesh, "axis_types", ()):
         return {"out_sharding": sharding}
     return {}
+
+
+def _gathered_last_axis(a):
+    """``a`` with its last axis unsharded, where explicit sharding (see ``_like``) splits it over
+    devices: the packed 2U axis is about to become (2, U), and a reshape cannot split one mesh axis
+    over the two halves (JAX refuses to slice them). The gather XLA makes by itself under automatic
+    sharding; the (D, 2, U) layout needs none (README, "Scaling out")."""
+    sharding = _like(a).get("out_sharding")
+    spec = tuple(getattr(sharding, "spec", ()))
+    if len(spec) < a.ndim or spec[a.ndim - 1] is None:
+        return a
+    unsharded = jax.sharding.NamedSharding(sharding.mesh, P(*spec[: a.ndim - 1], None))
+    return jax.sharding.reshard(a, unsharded)
 
 
 def _varying_axes(v) -> frozenset:
@@ -171,6 +185,7 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
                 ((lead, lead), ((), ())),
                 precision=jax.lax.Precision.HIGHEST,
                 preferred_element_type=compute_dtype,
+                **_like(b3),  # a replicated bias of U-sharded weights: db replicated too
             )
         return (
             _summed_like(dx, x).astype(dtype),
@@ -184,6 +199,10 @@ def _glu_fn(activation: str, save: str, dtype: str, compute_dtype: str, has_bias
         # w (D, 2U) or (D, 2, U), b (2U,) or (2, U): reshaped inside the jit, where it is free (an
         # eager reshape is one more dispatch and a copy of the weight on every call)
         d, u = w.shape[0], w.shape[-1] // (2 if w.ndim == 2 else 1)
+        if w.ndim == 2:
+            w = _gathered_last_axis(w)
+        if b is not None and b.ndim == 1:
+            b = _gathered_last_axis(b)
         return glu3(x, w.reshape(d, 2, u), None if b is None else b.reshape(2, u))
 
     return jax.jit(glu_packed)
@@ -194,6 +213,7 @@ def _gated_fn(activation: str, compute_dtype: str):
     """The jitted custom-VJP gated for one activation and compute dtype."""
 
     def halves(h):  # (..., 2U) -> (..., 2, U): free inside the jit
+        h = _gathered_last_axis(h)
         return h.reshape(*h.shape[:-1], 2, h.shape[-1] // 2)
 
     @jax.custom_vjp
@@ -204,7 +224,9 @@ def _gated_fn(activation: str, compute_dtype: str):
         return _epilogue(halves(h), activation, compute_dtype), h
 
     def gated_bwd(h, dy):
-        return (_grad_preactivation(dy, halves(h), activation, compute_dtype).reshape(h.shape),)
+        dh = _grad_preactivation(dy, halves(h), activation, compute_dtype).reshape(h.shape)
+        like = _like(h)  # explicit sharding: dh typed as h is (halves() may have gathered it)
+        return (jax.sharding.reshard(dh, like["out_sharding"]) if like else dh,)
 
     gated.defvjp(gated_fwd, gated_bwd)
     return jax.jit(gated)

@@ -178,6 +178,20 @@ def test_the_update_has_the_kernel_regularizer_as_in_dense(rng):
     np.testing.assert_allclose(float(sum(to_numpy(loss) for loss in layer.losses)), expected, 1e-5)
 
 
+def test_a_rank_2_kernel_regularizer_penalizes_each_half_of_the_update(rng):
+    """As on the kernel: a regularizer of Dense weights (OrthogonalRegularizer takes rank 2 only)
+    sees each (r, U) half of the (r, 2, U) update, the penalties summed; fit runs."""
+    orthogonal = keras.regularizers.OrthogonalRegularizer(0.1)
+    layer = lora_layer(rng=rng, kernel_regularizer=orthogonal)
+    a, b = layer.lora_kernel_a, layer.lora_kernel_b
+    expected = sum(float(to_numpy(orthogonal(w))) for w in (a, b[:, 0, :], b[:, 1, :]))
+    np.testing.assert_allclose(float(sum(to_numpy(loss) for loss in layer.losses)), expected, 1e-5)
+    model = keras.Sequential([keras.Input((12,)), layer])
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(rng.normal(size=(8, 12)), np.zeros((8, 8)), epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_float64_stays_float64(rng):
     """Values and the saved merge in float64 (Keras' torch matmul would compute float32)."""
     layer = lora_layer(rng=rng, dtype="float64")
