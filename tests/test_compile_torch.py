@@ -424,6 +424,23 @@ def _f64_inputs():
     return (t.detach().double() for t in _inputs(lead=(4,), w3=True))
 
 
+def test_torch_compile_dynamic_16bit_training_compiles_once_across_sizes():
+    """The op's 16-bit backward sizes its float32 scratch by h's size: under the compiler that
+    test must not run on symbolic sizes (it guarded on them: one recompile as h grew past the
+    arena's threshold)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    w = (torch.randn(32, 64) / 6).bfloat16().requires_grad_()
+    compiled = torch.compile(
+        lambda x: gk.glu(x, w, activation="silu"), dynamic=True, fullgraph=True, backend=counter
+    )
+    for rows in (3, 17, 40, 2048, 4096):  # h of 192 ... 262144 elements
+        compiled(torch.randn(rows, 32).bfloat16().requires_grad_()).sum().backward()
+    assert counter.frame_count == 1
+
+
 @pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # vmap of glu's jvp
 @pytest.mark.parametrize(
     "transform", ["grad", "jacrev", "jvp", "jacfwd", "hessian", "vmap_grad", "grad_vmap"]

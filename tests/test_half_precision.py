@@ -97,3 +97,48 @@ def test_16bit_backward_elementwise_rounded_once(backend, dtype, activation):
     for save in ("activations", "input"):
         _, _, _, db = ba.gradients(backend, x, w, b, dy, dtype, activation=activation, save=save)
         _assert_half_ulp(db, dh, dtype, f"{backend} db = dh ({activation}, save={save})", slack)
+
+
+TORCH_HALF = [d for d in ("float16", "bfloat16") if ba.installed("torch")]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", TORCH_HALF)
+@pytest.mark.parametrize("transform", ["torch.func.vjp", "forward_ad", "torch.jit.trace"])
+def test_torch_recorded_paths_round_16bit_derivatives_once(transform, dtype, activation):
+    """torch.func, forward-mode AD and jit.trace differentiate glu's plain ATen calls, not its
+    autograd.Function: there too the 16-bit derivatives are float32 values rounded once (16-bit
+    GLU once went through F.glu, whose CPU backward rounds twice and whose forward-mode rule has
+    no 16-bit kernel)."""
+    import torch
+    import torch.autograd.forward_ad as fwad
+
+    import glu_kernels as gk
+
+    x, w, b, dy = _exact_inputs(0, (), u=256, bias=True)  # one row: db == dh
+    h = _h16(x, w, b, dtype)
+    u = h.shape[-1] // 2
+    a, g = h[:u], h[u:]
+    f, df = _act_and_slope(activation, g)
+    xt, wt, bt, dyt = (torch.tensor(v).to(getattr(torch, dtype)) for v in (x, w, b, dy))
+    if transform == "forward_ad":  # the tangent of gated along t = [dy | dy]
+        t = np.concatenate([dy, dy])
+        exact = dy * f + dy * a * df
+        with fwad.dual_level():
+            dual = fwad.make_dual(torch.tensor(h).to(xt.dtype), torch.tensor(t).to(xt.dtype))
+            got = fwad.unpack_dual(gk.gated(dual, activation=activation)).tangent
+        slack = _slack(dy, g) + _slack(dy * a, g) * (1 + np.abs(g))
+    else:
+        exact = np.concatenate([dy * f, dy * a * df])
+        if transform == "torch.func.vjp":
+            _, vjp = torch.func.vjp(lambda b_: gk.glu(xt, wt, b_, activation=activation), bt)
+            (got,) = vjp(dyt)
+        else:
+            with torch.jit.optimized_execution(False):
+                traced = torch.jit.trace(
+                    lambda x_, w_, b_: gk.glu(x_, w_, b_, activation=activation), (xt, wt, bt)
+                )
+                bg = bt.clone().requires_grad_()
+                (got,) = torch.autograd.grad(traced(xt, wt, bg), bg, dyt)
+        slack = np.concatenate([_slack(dy, g), _slack(dy * a, g) * (1 + np.abs(g))])
+    _assert_half_ulp(ba.to_numpy64(got), exact, dtype, f"torch {transform} ({activation})", slack)

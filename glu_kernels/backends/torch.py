@@ -297,10 +297,10 @@ def _float32_scratch(*copies: Tensor, empty: tuple[torch.Size, ...] = ()) -> lis
     sizes = [math.prod(shape) for shape in shapes]
     like = copies[0]
     if (
-        sum(sizes) < _ARENA_MIN_ELEMENTS
+        torch.compiler.is_compiling()  # first: the size test on symbolic sizes would guard on them
         or not like.is_cpu
         or type(like) is not Tensor
-        or torch.compiler.is_compiling()
+        or sum(sizes) < _ARENA_MIN_ELEMENTS
     ):
         return [c.float() for c in copies] + [
             torch.empty(shape, dtype=torch.float32, device=like.device) for shape in empty
@@ -411,8 +411,11 @@ def _recordable_forward(x: Tensor, w: Tensor, b: Tensor | None, activation: str)
 
 
 def _recordable_epilogue(h: Tensor, activation: str) -> Tensor:
-    """``_epilogue`` as whole-tensor ATen calls (see ``_recordable_forward``): the same bits."""
-    if activation == "sigmoid":
+    """``_epilogue`` as whole-tensor ATen calls (see ``_recordable_forward``): the same bits.
+    16-bit GLU is not ``F.glu``: its CPU derivatives round twice (backward) or do not exist for 16
+    bits (forward mode: "glu_jvp_cpu" not implemented for 'BFloat16'); the float32 formula gives
+    F.glu's forward bits and once-rounded gradients."""
+    if activation == "sigmoid" and not _is_half(h):
         return F.glu(h, dim=-1)
     a, g = (h.float() if _is_half(h) else h).chunk(2, dim=-1)
     return (a * (_activate(g, activation) if activation != "linear" else g)).to(h.dtype)
