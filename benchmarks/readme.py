@@ -34,6 +34,18 @@ def _versions(m: dict) -> str:
     )
 
 
+def _what_runs(result: dict, variants: list[str]) -> list[str]:
+    """One line per backend: what each column but the floor runs (its first row's ``what``)."""
+    seen: dict[str, dict[str, str]] = {}
+    for row in result["timings"]:
+        if row["variant"] != FLOOR:
+            seen.setdefault(row["backend"], {}).setdefault(row["variant"], row["what"])
+    return ["What the columns run:", ""] + [
+        f"- {backend}: " + "; ".join(f"{LABELS[v]}: `{whats[v]}`" for v in variants if v in whats)
+        for backend, whats in seen.items()
+    ]
+
+
 def _by_backend(result: dict) -> list[str]:
     backends, rows = fused_by_backend(result)
     if not rows:
@@ -94,10 +106,14 @@ def section(result: dict, png: str) -> str:
         "",
         f"{command} ({result['mode']} run, activation `{result['activation']}`, "
         f"{result['elapsed_s']:.0f} s). Each cell: median time as a multiple of the GEMM floor "
-        "(forward: `x @ [W|V] + b`; train: the three GEMMs `x@W2`, `dh@W2^T`, `x^T@dh`), "
-        "IQR in % of the median; variants timed interleaved in one process.",
+        "(forward: `x @ [W|V] + b`; train: the three GEMMs `x@W2`, `dh@W2^T`, `x^T@dh`; each "
+        "timed at setup in its forms, and the fastest kept: with or without the bias, one GEMM "
+        "or two of half width, `x^T` read transposed or copied; the form kept is the floor's "
+        "`what` in the JSON), IQR in % of the median; variants timed interleaved in one process.",
         "",
         where,
+        "",
+        *_what_runs(result, variants),
         "",
         "| backend | shape | dtype | phase | floor ms | "
         + " | ".join(LABELS[v] for v in variants)

@@ -400,7 +400,7 @@ def plot(result: dict, path: Path) -> None:
             if i == 0 and j == len(backends) - 1:
                 ax.legend(fontsize=6)
     fig.suptitle(
-        "each variant as % of its GEMM floor (forward: x@[W|V]+b; train: 3 GEMMs); "
+        "each variant as % of its GEMM floor (x@[W|V]+b; train: 3 GEMMs; fastest forms); "
         "bars: median, whiskers: IQR",
         fontsize=9,
     )

@@ -72,3 +72,12 @@ def measure(
         q1, med, q3 = _quantiles(xs)
         out[name] = Stats(med, q1, q3, min(xs), max(xs), len(xs), inner[name])
     return out
+
+
+def fastest(forms: dict[str, Callable[[], object]], budget_s: float = 0.5) -> tuple[str, Callable]:
+    """``(name, form)``: the fastest of equivalent forms of one computation, timed here. A floor is
+    the fastest way to compute its products, not one chosen spelling (on this CPU a transposed
+    bfloat16 operand, or a separate bias pass, can cost more than the GEMM's own work)."""
+    stats = measure(forms, budget_s=budget_s, min_reps=5, max_reps=15)
+    name = min(stats, key=lambda k: stats[k].median)
+    return name, forms[name]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import glu_kernels
 from benchmarks.cases import Shape, memory_cases
 from benchmarks.peak_memory import peak_bytes
-from benchmarks.timing import measure
+from benchmarks.timing import fastest
 from benchmarks.variants import COMPILED, FLOOR, FUSED, PACKED, UNFUSED, Variant
 from glu_kernels.backends import torch as torch_backend
 from glu_kernels.backends.torch import _transposed_copy
@@ -107,21 +107,20 @@ def variants(
 
 def _faster_weight_product(x, dh):
     """``(name, product)``: ``x^T @ dh`` as the fastest of ``x.mT @ dh``,
-    ``x.mT.contiguous() @ dh`` and the library's blocked copy of x^T, timed here: on AMX CPUs
-    oneDNN's bfloat16 GEMM reads a transposed left operand slowly, and glu copies x^T for large
-    shapes (torch backend, _weight_gradient); the floor takes whichever form is fastest itself, so
-    it stays a floor without depending on that rule. The name goes into the floor's label."""
+    ``x.mT.contiguous() @ dh`` and the library's blocked copy of x^T: on AMX CPUs oneDNN's bfloat16
+    GEMM reads a transposed left operand slowly, and glu copies x^T for large shapes (torch
+    backend, _weight_gradient); the floor takes whichever form is fastest itself, so it stays a
+    floor without depending on that rule. The name goes into the floor's label."""
     if not x.is_cpu:
         return "x.mT @ dh", lambda: x.mT @ dh
-    forms = {
-        "x.mT @ dh": lambda: x.mT @ dh,
-        "x.mT.contiguous() @ dh": lambda: x.mT.contiguous() @ dh,
-        "blocked x^T copy @ dh": lambda: _transposed_copy(x) @ dh,
-    }
     with torch.no_grad():
-        stats = measure(forms, budget_s=0.5, min_reps=5, max_reps=15)
-    name = min(stats, key=lambda k: stats[k].median)
-    return name, forms[name]
+        return fastest(
+            {
+                "x.mT @ dh": lambda: x.mT @ dh,
+                "x.mT.contiguous() @ dh": lambda: x.mT.contiguous() @ dh,
+                "blocked x^T copy @ dh": lambda: _transposed_copy(x) @ dh,
+            }
+        )
 
 
 def _variants(
@@ -170,11 +169,20 @@ def _variants(
     def floor_train():
         return x @ w2, dh @ w2.mT, weight_product()
 
+    # the forward floor: the fastest way to compute the products, with or without the bias, as
+    # one GEMM or two of half width (at 32x16->8 bfloat16 oneDNN takes 5x longer for one N = 16
+    # GEMM than for two of N = 8)
+    forward_forms = {
+        "addmm(b, x, [W|V])": lambda: torch.addmm(b2, x, w2),
+        "x @ [W|V]": lambda: x @ w2,
+        "addmm(bw, x, W), addmm(bv, x, V)": lambda: (torch.addmm(bw, x, w), torch.addmm(bv, x, v)),
+    }
+    forward_name, _ = fastest({k: _synchronised(f, device) for k, f in forward_forms.items()})
     out.append(
         Variant(
             FLOOR,
-            f"addmm(b, x, [W|V]); train: x@W2, dh@W2^T, x^T@dh (as {product_name})",
-            lambda: torch.addmm(b2, x, w2),
+            f"{forward_name}; train: x@W2, dh@W2^T, x^T@dh (as {product_name})",
+            forward_forms[forward_name],
             floor_train,
         )
     )
