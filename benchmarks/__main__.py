@@ -258,6 +258,9 @@ def main(argv=None) -> int:
             progress.advance(task)
 
     result["elapsed_s"] = time.perf_counter() - t_start
+    if not result["timings"]:
+        console.print("nothing was timed (every case's setup failed, see above): no table, no plot")
+        return 1
     report.print_tables(result, console)
     report.write_json(result, json_path)
     report.plot(result, png_path)

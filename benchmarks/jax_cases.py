@@ -90,6 +90,53 @@ def _vjp(fn, args, dy):
     return vjp(dy)
 
 
+def _mm_wide(a, b):
+    """``a @ b`` left in its float32 accumulator (16-bit inputs): the GEMM without the pass that
+    rounds its output, a form of the floor."""
+    if a.dtype == jnp.float64:
+        return a @ b
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def _floors(x, w2, b2, w, v, bw, bv, dh):
+    """``(forward name, forward, train name, train)``: the floors as the fastest form of their
+    products, timed here. Forward: with or without the bias, one GEMM or two of half width, the
+    output rounded to x's dtype or left in float32. Training: x^T @ dh read through a transposed
+    layout or from a row-major x^T (XLA:CPU reads a transposed bfloat16 operand ~3x slower; glu's
+    backward makes the copy, see the JAX backend), in one jit or as three (in one program XLA:CPU
+    ran the three bfloat16 GEMMs 1.2x slower than one after another)."""
+
+    def timed(f, *args):
+        return lambda: _block(f(*args))
+
+    forward_forms = {
+        "x@W2+b": lambda: jax.jit(lambda x_, w_, b_: _mm(x_, w_) + b_),
+        "x@W2": lambda: jax.jit(lambda x_, w_, b_: _mm(x_, w_)),
+        "x@W2, float32 out": lambda: jax.jit(lambda x_, w_, b_: _mm_wide(x_, w_)),
+    }
+    forward = {f"jit({k})": timed(make(), x, w2, b2) for k, make in forward_forms.items()}
+    half = jax.jit(lambda x_, w_, v_, bw_, bv_: (_mm(x_, w_) + bw_, _mm(x_, v_) + bv_))
+    forward["jit(x@W+bw, x@V+bv)"] = timed(half, x, w, v, bw, bv)
+    forward_name, floor_fwd = fastest(forward)
+
+    def row_major_product(x_, dh_):
+        return _mm(_row_major(x_.T), dh_)
+
+    products = {"x^T@dh": lambda x_, dh_: _mm(x_.T, dh_), "row-major x^T@dh": row_major_product}
+    train = {
+        f"jit(x@W2, dh@W2^T, {k})": timed(
+            jax.jit(lambda x_, w_, dh_, p=p: (_mm(x_, w_), _mm_nt(dh_, w_), p(x_, dh_))), x, w2, dh
+        )
+        for k, p in products.items()
+    }
+    separate = [jax.jit(lambda x_, w_: _mm(x_, w_)), jax.jit(_mm_nt), jax.jit(row_major_product)]
+    train["jit(x@W2), jit(dh@W2^T), jit(row-major x^T@dh)"] = lambda: _block(
+        (separate[0](x, w2), separate[1](dh, w2), separate[2](x, dh))
+    )
+    train_name, floor_train = fastest(train)
+    return forward_name, floor_fwd, train_name, floor_train
+
+
 def variants(
     shape: Shape, dtype: str, activation: str, compile_: bool = True, device: str = "cpu"
 ) -> list[Variant]:
@@ -115,34 +162,7 @@ def variants(
     # Jitted like glu itself: a JAX user writes the one-GEMM form under jit
     pk_jit = jax.jit(pk)
     pk_train_jit = jax.jit(lambda x_, w_, b_, dy_: _vjp(pk, (x_, w_, b_), dy_))
-    # Floors: the fastest form of their products, timed here. Forward: with or without the bias,
-    # one GEMM or two of half width. Training: x^T @ dh read through a transposed layout, or from
-    # a row-major x^T (with_layout_constraint: XLA:CPU reads a transposed bfloat16 operand ~3x
-    # slower; glu's backward makes the copy, see the JAX backend).
-    forward_name, floor_fwd = fastest(
-        {
-            f"jit({k})": (lambda f: lambda: _block(f(x, w2, b2, w, v, bw, bv)))(jax.jit(f))
-            for k, f in {
-                "x@W2+b": lambda x_, w2_, b2_, *_: _mm(x_, w2_) + b2_,
-                "x@W2": lambda x_, w2_, *_: _mm(x_, w2_),
-                "x@W+bw, x@V+bv": lambda x_, w2_, b2_, w_, v_, bw_, bv_: (
-                    _mm(x_, w_) + bw_,
-                    _mm(x_, v_) + bv_,
-                ),
-            }.items()
-        }
-    )
-    train_name, floor_train = fastest(
-        {
-            f"jit(x@W2, dh@W2^T, {k})": (lambda f: lambda: _block(f(x, w2, dh)))(
-                jax.jit(lambda x_, w_, dh_, p=product: (_mm(x_, w_), _mm_nt(dh_, w_), p(x_, dh_)))
-            )
-            for k, product in {
-                "x^T@dh": lambda x_, dh_: _mm(x_.T, dh_),
-                "row-major x^T @ dh": lambda x_, dh_: _mm(_row_major(x_.T), dh_),
-            }.items()
-        }
-    )
+    forward_name, floor_fwd, train_name, floor_train = _floors(x, w2, b2, w, v, bw, bv, dh)
     split = (x, w, v, bw, bv)
     out = [
         Variant(

@@ -131,7 +131,8 @@ def variants(shape: Shape, dtype: str, activation: str, compile_: bool = True) -
 
     # Floors: the fastest eager form of their products, timed here. Forward: with or without the
     # bias (glu adds it in its XLA epilogue; an eager bias_add is one more pass), one GEMM or two
-    # of half width. Training: x^T @ dh with transpose_a, or from a transposed copy of x.
+    # of half width (eager TensorFlow has no 16-bit matmul with a float32 output on the CPU).
+    # Training: x^T @ dh with transpose_a, or from a transposed copy of x.
     forward_name, floor_forward = fastest(
         {
             "matmul + bias_add": lambda: _numpy(tf.nn.bias_add(tf.linalg.matmul(x, w2), b2)),
