@@ -31,7 +31,12 @@ _ARRAY_CLASSES: dict[str, tuple[tuple[str, str], ...]] = {
     "numpy": (("numpy", "ndarray"), ("numpy", "generic")),
     "jax": (("jax", "Array"), ("jax.core", "Tracer")),  # a tracer is an Array by isinstance only
     "torch": (("torch", "Tensor"),),
-    "tensorflow": (("tensorflow", "Tensor"), ("tensorflow", "Variable")),
+    "tensorflow": (
+        ("tensorflow", "Tensor"),
+        ("tensorflow", "Variable"),
+        # a tf.Variable made under ParameterServerStrategy with a variable_partitioner
+        ("tensorflow.python.distribute.sharded_variable", "ShardedVariable"),
+    ),
 }
 
 _SUPPORTED = tuple(kind for _, _, kind in REGISTRY.values())
@@ -55,11 +60,16 @@ def backend_name_of_type(t: type) -> str | None:
 
 
 def _is_array_class(name: str, t: type) -> bool:
-    # the framework is imported: one of its classes is in hand
-    return any(
-        issubclass(t, getattr(importlib.import_module(module), attribute))
-        for module, attribute in _ARRAY_CLASSES[name]
-    )
+    # the framework is imported (one of its classes is in hand); a class another version of it
+    # moved or lacks counts for nothing
+    for module, attribute in _ARRAY_CLASSES[name]:
+        try:
+            klass = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError):
+            continue
+        if issubclass(t, klass):
+            return True
+    return False
 
 
 def backend(name: str) -> ModuleType:

@@ -203,6 +203,32 @@ def test_jax_export_symbolic_batch_serialized_with_its_vjp(activation):
             np.testing.assert_allclose(got, want, **F64)
 
 
+def test_jax_export_of_a_bfloat16_vjp_names_its_layout_constraint():
+    """On the CPU the bfloat16 weight gradient asks XLA for a row-major x^T through JAX's layout
+    constraint, a custom call without jax.export's compatibility guarantee: serializing the VJP
+    then needs it allowed by name (README, the jax.export row), and the program runs as glu does.
+    If JAX ever guarantees the call, the first check fails here and the README should change."""
+    from jax import export
+
+    rng = np.random.default_rng(3)
+    x, w, b = (jnp.asarray(rng.normal(size=s), jnp.bfloat16) for s in ((6, 16), (16, 2, 8), (2, 8)))
+    fn = jax.jit(lambda x, w, b: gk.glu(x, w, b, activation="silu"))
+    rows = export.symbolic_shape("rows")
+    spec = jax.ShapeDtypeStruct((*rows, 16), jnp.bfloat16)
+    with pytest.raises(ValueError, match="LayoutConstraint"):
+        export.export(fn, platforms=["cpu"])(spec, w, b).serialize(vjp_order=1)
+    allowed = [export.DisabledSafetyCheck.custom_call("LayoutConstraint")]
+    exported = export.export(fn, platforms=["cpu"], disabled_checks=allowed)(spec, w, b)
+    program = export.deserialize(exported.serialize(vjp_order=1))
+    dy = jnp.asarray(rng.normal(size=(6, 8)), jnp.bfloat16)
+    got = jax.vjp(program.call, x, w, b)[1](dy)
+    want = jax.vjp(fn, x, w, b)[1](dy)
+    for g_, w_ in zip(got, want, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(g_, np.float64), np.asarray(w_, np.float64), rtol=2.0**-7, atol=0
+        )
+
+
 @pytest.mark.parametrize("save", ["activations", "input"])
 @pytest.mark.parametrize("lead", [(), (3,), (2, 3)], ids=["1d", "2d", "3d"])
 def test_jax_strict_rank_promotion(lead, save):

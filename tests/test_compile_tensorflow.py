@@ -190,3 +190,20 @@ def test_tf_function_with_unknown_features_checks_them_at_run_time(signature, ji
         tf.errors.InvalidArgumentError, match=ensure_shape if jit_compile else words
     ):
         f(bad)
+
+
+def test_sharded_variable_weight_trains_each_shard():
+    """A tf.Variable made under ParameterServerStrategy with a variable_partitioner is a
+    ShardedVariable (no tf.Variable subclass): glu takes it as the dense weight it stands for."""
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+    rng = np.random.default_rng(4)
+    w, b = rng.normal(size=(D, 2 * U)), rng.normal(size=2 * U)
+    x = rng.normal(size=(3, D))
+    sharded = ShardedVariable([tf.Variable(w[: D // 2]), tf.Variable(w[D // 2 :])])
+    with tf.GradientTape() as tape:
+        y = gk.glu(tf.constant(x), sharded, tf.constant(b))
+    np.testing.assert_allclose(y.numpy(), glu_reference(x, w, b), rtol=1e-12, atol=1e-12)
+    dw = np.concatenate([g.numpy() for g in tape.gradient(y, sharded.variables)])
+    _, want, _ = glu_reference_vjp(x, w, b, np.ones((3, U)))
+    np.testing.assert_allclose(dw, want, rtol=1e-12, atol=1e-12)
