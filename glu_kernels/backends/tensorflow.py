@@ -134,11 +134,32 @@ def _xla_grad_preactivation(activation: Activation, dtype: str, compute_dtype: s
     )
 
 
+# (XLA function, the arguments' shapes and dtypes) -> its concrete function, for eager calls
+_CONCRETE: dict = {}
+_CONCRETE_MAX = 512
+
+
+def _call_xla(function, *args):
+    """``function(*args)``; an eager call goes through the concrete function for these shapes: the
+    tf.function call matches its arguments to a trace on every call, ~0.15 ms (0.40 against
+    0.25 ms for a float32 epilogue at 256x512, 0.65 against 0.50 at 1024x512). In a graph the
+    call is traced once, so there it stays the plain call."""
+    if not tf.executing_eagerly():
+        return function(*args)
+    key = (function, *(None if a is None else (tuple(a.shape), a.dtype) for a in args))
+    concrete = _CONCRETE.get(key)
+    if concrete is None:
+        if len(_CONCRETE) >= _CONCRETE_MAX:
+            _CONCRETE.clear()
+        concrete = _CONCRETE[key] = function.get_concrete_function(*args)
+    return concrete(*args)
+
+
 def _run_epilogue(h, b, spec: GluSpec | GatedSpec):
     """``_epilogue``, as one XLA function where h is large enough (see above)."""
     act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
     if _use_xla(h):
-        return _xla_epilogue(act, dtype, compute_dtype)(h, b)
+        return _call_xla(_xla_epilogue(act, dtype, compute_dtype), h, b)
     return _epilogue(h, b, act, dtype, compute_dtype)
 
 
@@ -146,7 +167,7 @@ def _run_grad_preactivation(dy, h, b, spec: GluSpec | GatedSpec):
     """``_grad_preactivation``, as one XLA function where h is large enough (see above)."""
     act, dtype, compute_dtype = spec.activation, spec.dtype, spec.compute_dtype
     if _use_xla(h):
-        return _xla_grad_preactivation(act, dtype, compute_dtype)(dy, h, b)
+        return _call_xla(_xla_grad_preactivation(act, dtype, compute_dtype), dy, h, b)
     return _grad_preactivation(dy, h, b, act, dtype, compute_dtype)
 
 
