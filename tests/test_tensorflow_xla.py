@@ -86,3 +86,21 @@ def test_eager_xla_calls_reuse_one_concrete_function_per_shape(xla_path):
         got = gk.glu(tf.constant(x), tf.constant(w), None if bias is None else tf.constant(bias))
         np.testing.assert_allclose(got.numpy(), glu_reference(x, w, bias), rtol=1e-12, atol=1e-12)
     assert len(xla_path._CONCRETE) == 3  # (3, bias), (5, bias), (3, no bias)
+
+
+def test_run_functions_eagerly_runs_the_passes_as_eager_ops(xla_path):
+    """TensorFlow's debugging switch makes the XLA-compiled passes run their bodies eagerly: glu
+    then gives the eager ops' bits (a cached concrete function once ran XLA anyway)."""
+    import numpy as np
+    import tensorflow as tf
+
+    import glu_kernels as gk
+
+    h = tf.constant(np.random.default_rng(0).normal(size=(64, 32)), tf.float32)
+    a, g = tf.split(h, 2, axis=-1)
+    tf.config.run_functions_eagerly(True)
+    try:
+        got = gk.gated(h, activation="silu")
+    finally:
+        tf.config.run_functions_eagerly(False)
+    np.testing.assert_array_equal(got.numpy(), (a * tf.nn.silu(g)).numpy())
