@@ -130,7 +130,9 @@ def _grad_preactivation(dy, h, activation: str, compute_dtype: str):
 
 
 def _weight_grad_of_row_major_xt(x, dh, compute_dtype: str, like: dict):
-    """``x^T @ dh`` over all leading axes, (D, 2, U), with x^T materialised row-major first."""
+    """``x^T @ dh`` over all leading axes, (D, 2, U), with x^T materialised row-major first.
+    The layout constraint is a custom call that ``jax.export`` serializes only when allowed by name
+    (README, the jax.export row)."""
     xt = with_layout_constraint(jnp.moveaxis(x, -1, 0), Layout(major_to_minor=tuple(range(x.ndim))))
     lead = tuple(range(dh.ndim - 2))
     return jax.lax.dot_general(
