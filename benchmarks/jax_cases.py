@@ -110,11 +110,11 @@ def _floors(x, w2, b2, w, v, bw, bv, dh):
         return lambda: _block(f(*args))
 
     forward_forms = {
-        "x@W2+b": lambda: jax.jit(lambda x_, w_, b_: _mm(x_, w_) + b_),
-        "x@W2": lambda: jax.jit(lambda x_, w_, b_: _mm(x_, w_)),
-        "x@W2, float32 out": lambda: jax.jit(lambda x_, w_, b_: _mm_wide(x_, w_)),
+        "x@W2+b": lambda x_, w_, b_: _mm(x_, w_) + b_,
+        "x@W2": lambda x_, w_, b_: _mm(x_, w_),
+        "x@W2, float32 out": lambda x_, w_, b_: _mm_wide(x_, w_),
     }
-    forward = {f"jit({k})": timed(make(), x, w2, b2) for k, make in forward_forms.items()}
+    forward = {f"jit({k})": timed(jax.jit(f), x, w2, b2) for k, f in forward_forms.items()}
     half = jax.jit(lambda x_, w_, v_, bw_, bv_: (_mm(x_, w_) + bw_, _mm(x_, v_) + bv_))
     forward["jit(x@W+bw, x@V+bv)"] = timed(half, x, w, v, bw, bv)
     forward_name, floor_fwd = fastest(forward)
